@@ -1,0 +1,26 @@
+"""Spatial layers: the k×k operators a bottleneck block can swap in for its 3×3 convolution.
+
+Every spatial layer shares one signature, ``layer(dim, dim_out, stride=1, kernel_size=..., num_heads=..., **kw)``,
+so a network picks one by name (``spatial_layer='conv'``) and the families register theirs here.
+"""
+from typing import Callable, Union
+
+from .conv import ConvSpatial
+
+__all__ = ["ConvSpatial", "get_spatial_layer", "register_spatial_layer", "SPATIAL_LAYERS"]
+
+SPATIAL_LAYERS: dict = {"conv": ConvSpatial}
+
+
+def register_spatial_layer(name: str, layer_cls: Callable) -> Callable:
+    SPATIAL_LAYERS[name] = layer_cls
+    return layer_cls
+
+
+def get_spatial_layer(layer: Union[str, Callable]) -> Callable:
+    """Resolve a spatial layer given by name (as configs do) or as a class/factory (as code may)."""
+    if callable(layer):
+        return layer
+    if layer not in SPATIAL_LAYERS:
+        raise ValueError(f"spatial_layer={layer!r} is unknown; choose one of {sorted(SPATIAL_LAYERS)}")
+    return SPATIAL_LAYERS[layer]

@@ -1,0 +1,26 @@
+"""The convolutional spatial layer: the k×k conv of a ResNet bottleneck (He et al., CVPR 2016).
+
+Status: a plain ``nn.Conv2d`` without bias, stride on the k×k conv as in ResNet v1.5 (torchvision/timm), which is
+the baseline the attention papers compare against. Border semantics: zero padding of k // 2.
+"""
+from torch import nn
+
+__all__ = ["ConvSpatial"]
+
+
+class ConvSpatial(nn.Conv2d):
+    """k×k convolution with the spatial-layer signature.
+
+    ``num_heads`` is accepted for signature compatibility and is the conv's ``groups`` (1 = dense conv), so a
+    sweep over heads on a conv baseline turns it into a grouped conv rather than failing.
+    """
+
+    def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 3, num_heads: int = 1,
+                 dilation: int = 1):
+        super().__init__(dim, dim_out, kernel_size, stride=stride, padding=dilation * (kernel_size // 2),
+                         dilation=dilation, groups=num_heads, bias=False)
+
+    def macs(self, out_hw: tuple) -> int:
+        """Multiply-adds for an output of spatial size ``out_hw`` (batch 1)."""
+        k_h, k_w = self.kernel_size
+        return out_hw[0] * out_hw[1] * self.out_channels * (self.in_channels // self.groups) * k_h * k_w

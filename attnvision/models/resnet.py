@@ -1,0 +1,210 @@
+"""ResNet-26/38/50 as the local self-attention papers define them, on a skeleton with a pluggable spatial layer.
+
+"Deep Residual Learning for Image Recognition", He et al., CVPR 2016 - https://arxiv.org/abs/1512.03385
+
+SASA (Ramachandran et al., 2019), SAN (Zhao et al., 2020) and Axial-DeepLab (Wang et al., 2020) compare against
+bottleneck ResNets with [1,2,4,1] / [2,3,5,2] / [3,4,6,3] blocks per stage (ResNet-50 minus blocks). timm's own
+``resnet26`` is [2,2,2,2], a different network, so ours are registered as ``av_resnet26/38/50``.
+
+Status: ResNet v1.5 exactly as timm/torchvision build it (stride on the 3×3 conv, 1×1 strided projection
+shortcut, zero-initialised last BN), so ``av_resnet50`` has timm ``resnet50``'s 25,557,032 parameters and
+4.1 GMACs at 224. The attention families reuse this skeleton and swap ``spatial_layer``. Deviation for small
+images (``small_stem=True``): the 7×7/2 conv and 3×3/2 max-pool stem becomes one 3×3/1 conv, the usual CIFAR stem.
+"""
+from functools import partial
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+from timm.layers import ClassifierHead, DropPath
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+
+from attnvision.layers import get_spatial_layer
+
+__all__ = ["Bottleneck", "ResNet"]
+
+
+class Bottleneck(nn.Module):
+    """1×1 reduce, spatial layer (3×3 conv in the baseline), 1×1 expand, plus a projection shortcut.
+
+    Widths: ``planes`` inside the block, ``planes * expansion`` out; the spatial layer maps planes -> planes and
+    carries the stride.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_chs: int, planes: int, stride: int = 1, spatial_layer: Callable = None,
+                 norm_layer: Callable = nn.BatchNorm2d, act_layer: Callable = nn.ReLU, drop_path: float = 0.):
+        super().__init__()
+        out_chs = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False)
+        self.bn1 = norm_layer(planes)
+        self.act1 = act_layer(inplace=True)
+        self.conv2 = spatial_layer(planes, planes, stride=stride)
+        self.bn2 = norm_layer(planes)
+        self.act2 = act_layer(inplace=True)
+        self.conv3 = nn.Conv2d(planes, out_chs, 1, bias=False)
+        self.bn3 = norm_layer(out_chs)
+        self.downsample = nn.Identity()
+        if stride != 1 or in_chs != out_chs:
+            self.downsample = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False),
+                                            norm_layer(out_chs))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.act3 = act_layer(inplace=True)
+
+    def zero_init_last(self):
+        nn.init.zeros_(self.bn3.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.downsample(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.bn3(self.conv3(x))
+        return self.act3(self.drop_path(x) + shortcut)
+
+
+def make_stem(in_chans: int, stem_width: int, small_stem: bool, norm_layer: Callable, act_layer: Callable):
+    """ImageNet stem (7×7/2 conv, BN, ReLU, 3×3/2 max-pool) or small-image stem (3×3/1 conv, BN, ReLU)."""
+    if small_stem:
+        conv = nn.Conv2d(in_chans, stem_width, 3, stride=1, padding=1, bias=False)
+        pool = nn.Identity()
+    else:
+        conv = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
+        pool = nn.MaxPool2d(3, stride=2, padding=1)
+    return nn.Sequential(conv, norm_layer(stem_width), act_layer(inplace=True), pool)
+
+
+class ResNet(nn.Module):
+    """Bottleneck ResNet whose k×k spatial operator is chosen by name.
+
+    Widths: the stem outputs ``stem_width`` channels; stage i has ``widths[i]`` planes inside its blocks and
+    ``widths[i] * 4`` channels out. Stage 1 keeps the stem's resolution, stages 2-4 halve it in their first block.
+
+    Args:
+        layers: blocks per stage, e.g. (1, 2, 4, 1) for ResNet-26.
+        spatial_layer: registered name ('conv', ...) or class with the spatial-layer signature.
+        spatial_kwargs: extra arguments for every spatial layer (kernel_size, num_heads, ...).
+        small_stem: 3×3/1 stem without max-pool for 32×32 inputs.
+    """
+
+    def __init__(self, layers: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64,
+                 spatial_layer: Union[str, Callable] = "conv", spatial_kwargs: Optional[dict] = None,
+                 small_stem: bool = False, num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg",
+                 drop_rate: float = 0., drop_path_rate: float = 0., zero_init_last: bool = True,
+                 norm_layer: Callable = nn.BatchNorm2d, act_layer: Callable = nn.ReLU):
+        super().__init__()
+        if len(layers) != len(widths):
+            raise ValueError(f"layers={tuple(layers)} and widths={tuple(widths)} must have the same length")
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        spatial = partial(get_spatial_layer(spatial_layer), **(spatial_kwargs or {}))
+
+        self.stem = make_stem(in_chans, stem_width, small_stem, norm_layer, act_layer)
+        reduction = 1 if small_stem else 4
+        self.feature_info = [dict(num_chs=stem_width, reduction=reduction, module="stem")]
+
+        drop_path_rates = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
+        stages, in_chs, block_idx = [], stem_width, 0
+        for stage_idx, (depth, planes) in enumerate(zip(layers, widths)):
+            stride = 1 if stage_idx == 0 else 2
+            reduction *= stride
+            blocks = []
+            for i in range(depth):
+                blocks.append(Bottleneck(in_chs, planes, stride if i == 0 else 1, spatial_layer=spatial,
+                                         norm_layer=norm_layer, act_layer=act_layer,
+                                         drop_path=drop_path_rates[block_idx]))
+                in_chs = planes * Bottleneck.expansion
+                block_idx += 1
+            stages.append(nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f"stages.{stage_idx}"))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = in_chs
+        self.head = ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+        self.reset_parameters(zero_init_last)
+
+    def reset_parameters(self, zero_init_last: bool = True):
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    m.zero_init_last()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.stages, x)
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
+    return build_model_with_cfg(ResNet, variant, pretrained, **kwargs)
+
+
+def _cfg(**kwargs) -> dict:
+    return {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
+            "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+            "first_conv": "stem.0", "classifier": "head.fc", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({
+    "av_resnet26": _cfg(),
+    "av_resnet38": _cfg(),
+    "av_resnet50": _cfg(),
+    "test_av_resnet": _cfg(input_size=(3, 32, 32), pool_size=(4, 4)),
+})
+
+
+@register_model
+def av_resnet26(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet-26 of SASA/SAN/Axial-DeepLab: bottleneck [1,2,4,1], 13.7M parameters."""
+    model_args = dict(layers=(1, 2, 4, 1))
+    return _create_resnet("av_resnet26", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def av_resnet38(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet-38 of SASA/SAN: bottleneck [2,3,5,2], 19.6M parameters."""
+    model_args = dict(layers=(2, 3, 5, 2))
+    return _create_resnet("av_resnet38", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def av_resnet50(pretrained: bool = False, **kwargs) -> ResNet:
+    """ResNet-50: bottleneck [3,4,6,3], 25.6M parameters, identical to timm's resnet50."""
+    model_args = dict(layers=(3, 4, 6, 3))
+    return _create_resnet("av_resnet50", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_av_resnet(pretrained: bool = False, **kwargs) -> ResNet:
+    """Tiny CPU-test ResNet: one block per stage, narrow widths, 32×32 stem."""
+    model_args = dict(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_width=16, small_stem=True)
+    return _create_resnet("test_av_resnet", pretrained, **dict(model_args, **kwargs))

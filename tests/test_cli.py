@@ -1,0 +1,51 @@
+"""The command line: one-line errors for bad values, JSON output of count_flops, tables from rows."""
+import json
+import os
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+
+@pytest.mark.parametrize("args,must_name", [
+    (["model=nope"], ["model=nope", "resnet"]),
+    (["data=nope"], ["data=nope", "digits", "cifar10", "cifar100", "imagenet", "synthetic"]),
+    (["data.batch_size=-1"], ["data.batch_size=-1", "positive"]),
+    (["data=cifar10", "data.root=/nonexistent/cifar"], ["data.root=/nonexistent/cifar", "data.download=true"]),
+    (["data=imagenet", "data.root=null"], ["data.root is not set"]),
+    (["model.depth=27"], ["model.depth=27", "26, 38, 50"]),
+])
+def test_bad_values_give_one_line(tmp_path, args, must_name):
+    proc = run_cli("train.py", *args, f"paths.log_dir={tmp_path}", "trainer.epochs=1")
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for text in must_name:
+        assert text in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_count_flops_json_last_line():
+    proc = run_cli("count_flops.py", "model=resnet", "model.depth=50", "data.image_size=224", "format=json")
+    assert proc.returncode == 0, proc.stderr
+    totals = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert totals == {"model": "av_resnet50", "image_size": 224, "num_classes": 1000, "params": 25_557_032,
+                      "macs": 4_089_184_256, "flops": 8_178_368_512}
+
+
+@pytest.mark.slow
+def test_train_cli_then_tables(tmp_path):
+    args = ["model.depth=test", "data=synthetic", "trainer.epochs=1", "trainer.limit_train_batches=2",
+            f"paths.log_dir={tmp_path}"]
+    proc = run_cli("train.py", *args)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "train" / "runs" / "resnettest_synthetic").iterdir()
+    assert {"last.pt", "best.pt", "metrics.json", "config.yaml", ".hydra", "tensorboard"} <= \
+        {p.name for p in run_dir.iterdir()}
+    assert "train_loss" in proc.stdout and "test_av_resnet on synthetic: top-1" in proc.stdout  # summary table
+    proc = run_cli("scripts/make_tables.py", "--rows", str(tmp_path / "rows"), "--out", str(tmp_path / "t" / "runs"))
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "t" / "runs.md").read_text()
+    assert md.startswith("<!-- made by: python scripts/make_tables.py --rows") and "test_av_resnet" in md
+    csv = (tmp_path / "t" / "runs.csv").read_text().splitlines()
+    assert csv[0].startswith("# made by:") and len(csv) == 3  # comment, header, one run
