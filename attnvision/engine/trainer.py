@@ -154,7 +154,8 @@ def train(cfg) -> TrainResult:
         write_row(Path(cfg.paths.log_dir) / "rows", row_name(run_dir, cfg.paths.log_dir), metrics)
         summary = pd.DataFrame(history)[["epoch", "train_loss", "train_top1", "val_loss", "top1", "top5",
                                          "img_per_s", "epoch_s"]]
-        print("\n" + summary.to_markdown(index=False, floatfmt=".2f"))
+        formats = (".0f", ".3f", ".2f", ".3f", ".2f", ".2f", ".0f", ".1f")
+        print("\n" + summary.to_markdown(index=False, floatfmt=formats))
         print(f"\n{arch} on {cfg.data.name}: top-1 {metrics['top1']:.2f} (best {best['top1']:.2f} at epoch "
               f"{best['epoch']}), {metrics['train_img_per_s']:.0f} train img/s, {metrics['wall_s']:.0f}s wall | "
               f"{run_dir}")
