@@ -1,0 +1,75 @@
+"""Build and call the C kernels in ``csrc/nbr_cpu.c`` (the CPU fast path of the neighbourhood ops).
+
+The source is compiled with the system C compiler (``$CC``, default ``cc``) on first use, for this machine
+(``-O3 -march=native -fopenmp``), into ``$AV_CACHE_DIR`` (default ``~/.cache/attnvision``), keyed by the source,
+flags and CPU; it takes about a second. Kernels are called through ctypes on raw data pointers of contiguous
+float32 / float64 tensors. Without a working compiler ``available()`` is False and the ops fall back to reference.
+"""
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "launch"]
+
+SOURCE = Path(__file__).parent / "csrc" / "nbr_cpu.c"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+KERNELS = ("nbr_dot", "nbr_agg", "nbr_agg_t")
+SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def _cpu_id() -> str:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = ""
+    return platform.machine() + platform.processor() + flags
+
+
+@lru_cache(maxsize=None)
+def _library():
+    compiler = os.environ.get("CC", "cc")
+    source = SOURCE.read_bytes()
+    tag = hashlib.sha1(source + " ".join([compiler, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("AV_CACHE_DIR", Path.home() / ".cache" / "attnvision"))
+    lib_path = cache / f"nbr_cpu_{tag}.so"
+    if not lib_path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so")
+        os.close(fd)
+        try:
+            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True)
+            os.replace(tmp, lib_path)  # atomic: concurrent first uses never load a half-written library
+        except (OSError, subprocess.CalledProcessError) as err:
+            Path(tmp).unlink(missing_ok=True)
+            detail = getattr(err, "stderr", "") or err
+            warnings.warn(f"attnvision: could not build the CPU kernels ({detail}); using the reference ops")
+            return None
+    lib = ctypes.CDLL(str(lib_path))
+    i64 = ctypes.c_int64
+    for name in KERNELS:
+        for suffix in SUFFIX.values():
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes = [ctypes.c_void_p] * 3 + [i64] * 10 + [ctypes.c_int]
+            fn.restype = None
+    return lib
+
+
+def available() -> bool:
+    return _library() is not None
+
+
+def launch(name: str, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, n: int, d: int, ho: int, wo: int,
+           hp: int, wp: int, kh: int, kw: int, stride: int, dilation: int) -> torch.Tensor:
+    """Run kernel ``name`` on contiguous CPU tensors of one dtype (float32 or float64), writing into ``out``."""
+    fn = getattr(_library(), f"{name}_{SUFFIX[a.dtype]}")
+    fn(a.data_ptr(), b.data_ptr(), out.data_ptr(), n, d, ho, wo, hp, wp, kh, kw, stride, dilation,
+       torch.get_num_threads())
+    return out

@@ -1,0 +1,135 @@
+"""The three neighbourhood kernels as torch custom ops, with autograd, fake (meta) kernels and FLOP formulas.
+
+Contract (all inputs contiguous; N = batch×groups, D channels, K = kh*kw offsets, o = oy*kw + ox; ``kp``/``vp`` are
+padded Hp×Wp images, everything else lives on the Ho×Wo output grid; nbr(y,x,o) = (y*s + oy*dil, x*s + ox*dil)):
+
+    nbr_dot(q[N,D,Ho,Wo], kp[N,D,Hp,Wp])  -> [N,K,Ho,Wo]   sum_d q * kp[nbr]          (logits, relations)
+    nbr_agg(w[N,K,Ho,Wo], vp[N,D,Hp,Wp])  -> [N,D,Ho,Wo]   sum_o w * vp[nbr]          (aggregation)
+    nbr_agg_t(w[N,K,Ho,Wo], u[N,D,Ho,Wo]) -> [N,D,Hp,Wp]   scatter of w * u onto nbr  (adjoint of both)
+
+Each one's gradients are the other two (dq = agg(dout, kp), dkp = agg_t(dout, q), dw = dot(dy, vp),
+dvp = agg_t(w, dy), and for agg_t: dw = dot(u, dout), du = agg(w, dout)), so forward and backward never
+materialise a k²-expanded tensor, and double backward works. Devices: CPU runs the C kernels of ``cpu.py``, CUDA
+the Triton kernels of ``triton_nbr.py``. float16/bfloat16 inputs are computed in float32 and returned as float32,
+so attention logits stay in float32 under autocast.
+"""
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from . import cpu
+
+__all__ = ["nbr_dot", "nbr_agg", "nbr_agg_t", "nbr_macs"]
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _run(name: str, a: torch.Tensor, b: torch.Tensor, out_shape, kh, kw, stride, dilation, hp, wp):
+    dtype = _compute_dtype(a)
+    a, b = a.to(dtype).contiguous(), b.to(dtype).contiguous()
+    if a.device.type == "cuda":
+        from . import triton_nbr
+        if name == "nbr_agg_t":
+            return triton_nbr.nbr_agg_t(a, b, kh, kw, stride, dilation, hp, wp)
+        return getattr(triton_nbr, name)(a, b, kh, kw, stride, dilation)
+    n, ho, wo = a.shape[0], a.shape[-2], a.shape[-1]
+    d = out_shape[1] if name != "nbr_dot" else a.shape[1]
+    out = torch.empty(out_shape, dtype=dtype, device=a.device)
+    return cpu.launch(name, a, b, out, n, d, ho, wo, hp, wp, kh, kw, stride, dilation)
+
+
+@torch.library.custom_op("attnvision::nbr_dot", mutates_args=())
+def nbr_dot(q: torch.Tensor, kp: torch.Tensor, kh: int, kw: int, stride: int, dilation: int) -> torch.Tensor:
+    n, _, ho, wo = q.shape
+    return _run("nbr_dot", q, kp, (n, kh * kw, ho, wo), kh, kw, stride, dilation, kp.shape[-2], kp.shape[-1])
+
+
+@torch.library.custom_op("attnvision::nbr_agg", mutates_args=())
+def nbr_agg(w: torch.Tensor, vp: torch.Tensor, kh: int, kw: int, stride: int, dilation: int) -> torch.Tensor:
+    n, _, ho, wo = w.shape
+    return _run("nbr_agg", w, vp, (n, vp.shape[1], ho, wo), kh, kw, stride, dilation, vp.shape[-2], vp.shape[-1])
+
+
+@torch.library.custom_op("attnvision::nbr_agg_t", mutates_args=())
+def nbr_agg_t(w: torch.Tensor, u: torch.Tensor, kh: int, kw: int, stride: int, dilation: int, hp: int,
+              wp: int) -> torch.Tensor:
+    n, d = u.shape[:2]
+    return _run("nbr_agg_t", w, u, (n, d, hp, wp), kh, kw, stride, dilation, hp, wp)
+
+
+@nbr_dot.register_fake
+def _(q, kp, kh, kw, stride, dilation):
+    return q.new_empty((q.shape[0], kh * kw, *q.shape[-2:]), dtype=_compute_dtype(q))
+
+
+@nbr_agg.register_fake
+def _(w, vp, kh, kw, stride, dilation):
+    return w.new_empty((w.shape[0], vp.shape[1], *w.shape[-2:]), dtype=_compute_dtype(w))
+
+
+@nbr_agg_t.register_fake
+def _(w, u, kh, kw, stride, dilation, hp, wp):
+    return u.new_empty((*u.shape[:2], hp, wp), dtype=_compute_dtype(w))
+
+
+def _save(ctx, inputs, output):
+    a, b, kh, kw, stride, dilation = inputs[:6]
+    ctx.save_for_backward(a, b)
+    ctx.geometry = (kh, kw, stride, dilation)
+
+
+def _cast(grad, like):
+    return None if grad is None else grad.to(like.dtype)
+
+
+def _nbr_dot_backward(ctx, dout):
+    q, kp = ctx.saved_tensors
+    kh, kw, s, dil = ctx.geometry
+    dq = nbr_agg(dout, kp, kh, kw, s, dil) if ctx.needs_input_grad[0] else None
+    dkp = nbr_agg_t(dout, q, kh, kw, s, dil, kp.shape[-2], kp.shape[-1]) if ctx.needs_input_grad[1] else None
+    return _cast(dq, q), _cast(dkp, kp), None, None, None, None
+
+
+def _nbr_agg_backward(ctx, dy):
+    w, vp = ctx.saved_tensors
+    kh, kw, s, dil = ctx.geometry
+    dw = nbr_dot(dy, vp, kh, kw, s, dil) if ctx.needs_input_grad[0] else None
+    dvp = nbr_agg_t(w, dy, kh, kw, s, dil, vp.shape[-2], vp.shape[-1]) if ctx.needs_input_grad[1] else None
+    return _cast(dw, w), _cast(dvp, vp), None, None, None, None
+
+
+def _nbr_agg_t_backward(ctx, dout):
+    w, u = ctx.saved_tensors
+    kh, kw, s, dil = ctx.geometry
+    dw = nbr_dot(u, dout, kh, kw, s, dil) if ctx.needs_input_grad[0] else None
+    du = nbr_agg(w, dout, kh, kw, s, dil) if ctx.needs_input_grad[1] else None
+    return _cast(dw, w), _cast(du, u), None, None, None, None, None, None
+
+
+nbr_dot.register_autograd(_nbr_dot_backward, setup_context=_save)
+nbr_agg.register_autograd(_nbr_agg_backward, setup_context=_save)
+nbr_agg_t.register_autograd(_nbr_agg_t_backward, setup_context=_save)
+
+
+def nbr_macs(n: int, d: int, k: int, ho: int, wo: int) -> int:
+    """Multiply-adds of any of the three kernels: one per (n, d, o, y, x)."""
+    return n * d * k * ho * wo
+
+
+@register_flop_formula(torch.ops.attnvision.nbr_dot)
+def _nbr_dot_flops(q_shape, kp_shape, kh, kw, *args, out_shape=None, **kwargs) -> int:
+    n, d, ho, wo = q_shape
+    return 2 * nbr_macs(n, d, kh * kw, ho, wo)
+
+
+@register_flop_formula(torch.ops.attnvision.nbr_agg)
+def _nbr_agg_flops(w_shape, vp_shape, kh, kw, *args, out_shape=None, **kwargs) -> int:
+    n, _, ho, wo = w_shape
+    return 2 * nbr_macs(n, vp_shape[1], kh * kw, ho, wo)
+
+
+@register_flop_formula(torch.ops.attnvision.nbr_agg_t)
+def _nbr_agg_t_flops(w_shape, u_shape, kh, kw, *args, out_shape=None, **kwargs) -> int:
+    n, d, ho, wo = u_shape
+    return 2 * nbr_macs(n, d, kh * kw, ho, wo)

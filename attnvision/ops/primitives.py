@@ -1,0 +1,189 @@
+"""The local-aggregation primitives every family composes: y_i = sum_{j in R(i)} w_ij ⊙ v_j.
+
+  - ``local_logits``: per-head q_i·k_j over the footprint, plus the relative terms q_i·r_{j-i} (SASA, Axial) and
+    k_j·r_{j-i} (Axial). Out-of-image neighbours get -inf in ``mask`` mode.
+  - ``local_patches`` / ``local_subtraction``: the neighbours x_j, and x_i - x_j (SAN's relation functions).
+  - ``local_aggregate``: sum_j w_ij v_j with one weight per head (scalar attention, contiguous channel groups)
+    or per shared channel group (vector attention, ``sharing='interleaved'`` as SAN's code, ``'contiguous'`` as
+    LR-Net's op), plus the value-side position term sum_j w_ij r_{j-i} (Axial).
+  - ``local_attention``: softmax(logits + bias) aggregated, the composition SASA, LR-Net and Axial share.
+  - ``axial_footprint``: the 1×m (or m×1) footprint of axial attention; m ≥ the axis length means global.
+
+Every primitive takes ``impl``: ``'reference'`` (pad + unfold, the oracle), ``'fast'`` (the custom ops of
+``kernels.py``: C on CPU, Triton on CUDA, nothing k²-expanded in forward or backward) or ``'auto'`` (fast where
+its kernels exist). ``set_default_impl`` or ``$AV_OPS_IMPL`` overrides the default. Relative embeddings have shape
+(G or 1, D, K): per head, or shared across heads.
+"""
+import os
+from typing import Optional
+
+import torch
+
+from . import cpu, kernels, reference
+from .footprint import Footprint
+
+__all__ = ["IMPLS", "set_default_impl", "resolve_impl", "local_logits", "local_patches", "local_subtraction",
+           "local_aggregate", "local_softmax", "local_attention", "axial_footprint"]
+
+IMPLS = ("auto", "reference", "fast")
+_default_impl = os.environ.get("AV_OPS_IMPL", "auto")
+
+
+def set_default_impl(impl: str) -> None:
+    """Choose the implementation used where a primitive's ``impl`` is None."""
+    global _default_impl
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r} is unknown; choose one of {', '.join(IMPLS)}")
+    _default_impl = impl
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_impl(impl: Optional[str], device: torch.device) -> str:
+    """'reference' or 'fast' for ``impl`` (None = the default) on ``device``."""
+    impl = impl or _default_impl
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r} is unknown; choose one of {', '.join(IMPLS)}")
+    if impl != "auto":
+        return impl
+    fast = cpu.available() if device.type == "cpu" else device.type == "cuda" and _triton_available()
+    return "fast" if fast else "reference"
+
+
+def _kernels(impl: Optional[str], device: torch.device):
+    return kernels if resolve_impl(impl, device) == "fast" else reference
+
+
+def _accumulate_dtype(t: torch.Tensor) -> torch.dtype:
+    """Logits and weights stay in float32 under autocast; float64 (gradcheck) stays float64."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _geometry(fp: Footprint):
+    (kh, kw) = fp.kernel_size
+    return kh, kw, fp.stride, fp.dilation
+
+
+def _mask_invalid(logits: torch.Tensor, fp: Footprint, height: int, width: int) -> torch.Tensor:
+    if fp.padding != "mask":
+        return logits
+    valid = fp.valid_mask(height, width, logits.device)  # K, Ho, Wo
+    return logits.masked_fill(~valid, float("-inf"))
+
+
+def _select_offsets(z: torch.Tensor, fp: Footprint, ho: int, wo: int) -> torch.Tensor:
+    """z[..., o, nbr(y, x, o)] for B×G×K×Hp×Wp planes: each offset reads its own shifted, strided view."""
+    kh, kw, s, dil = _geometry(fp)
+    planes = [z[:, :, o, (o // kw) * dil:(o // kw) * dil + (ho - 1) * s + 1:s,
+                (o % kw) * dil:(o % kw) * dil + (wo - 1) * s + 1:s] for o in range(kh * kw)]
+    return torch.stack(planes, 2)  # B, G, K, Ho, Wo
+
+
+def local_logits(q: torch.Tensor, k: torch.Tensor, fp: Footprint, num_heads: int,
+                 rel_q: Optional[torch.Tensor] = None, rel_k: Optional[torch.Tensor] = None,
+                 impl: Optional[str] = None) -> torch.Tensor:
+    """B×heads×K×Ho×Wo logits q_i·k_j (+ q_i·rel_q[j-i]) (+ k_j·rel_k[j-i]) in float32 (float64 stays).
+
+    q: B×Cq×Ho×Wo queries at the window centres; k: B×Cq×H×W keys; heads split Cq into contiguous groups.
+    """
+    b, c, ho, wo = q.shape
+    height, width = k.shape[-2:]
+    if (ho, wo) != fp.out_size(height, width):
+        raise ValueError(f"queries are {ho}x{wo} but the footprint maps {height}x{width} keys to "
+                         f"{fp.out_size(height, width)}")
+    g, d = num_heads, c // num_heads
+    kp = fp.pad(k)
+    hp, wp = kp.shape[-2:]
+    ops = _kernels(impl, q.device)
+    logits = ops.nbr_dot(q.reshape(b * g, d, ho, wo), kp.reshape(b * g, d, hp, wp), *_geometry(fp))
+    logits = logits.view(b, g, fp.num_offsets, ho, wo).to(_accumulate_dtype(q))
+    if rel_q is not None:
+        logits = logits + torch.einsum("bgdhw,gdk->bgkhw", q.view(b, g, d, ho, wo).to(logits.dtype),
+                                       rel_q.to(logits.dtype).expand(g, -1, -1))
+    if rel_k is not None:
+        z = torch.einsum("bgdhw,gdk->bgkhw", kp.view(b, g, d, hp, wp).to(logits.dtype),
+                         rel_k.to(logits.dtype).expand(g, -1, -1))  # B, G, K, Hp, Wp
+        logits = logits + _select_offsets(z, fp, ho, wo)
+    return _mask_invalid(logits, fp, height, width)
+
+
+def local_patches(x: torch.Tensor, fp: Footprint, impl: Optional[str] = None) -> torch.Tensor:
+    """B×C×K×Ho×Wo neighbours x_j of every window centre (border values per ``fp.padding``; mask -> zeros)."""
+    b, c = x.shape[:2]
+    xp = fp.pad(x)
+    ho, wo = fp.out_size(*x.shape[-2:])
+    kh, kw, s, dil = _geometry(fp)
+    if resolve_impl(impl, x.device) == "reference":
+        return reference.unfold_padded(xp, kh, kw, s, dil, ho, wo)
+    ones = xp.new_ones(b * c, 1, ho, wo)  # a 1-channel nbr_dot is a pure gather
+    return kernels.nbr_dot(ones, xp.reshape(b * c, 1, *xp.shape[-2:]), kh, kw, s, dil).view(b, c, kh * kw, ho, wo)
+
+
+def local_subtraction(x_center: torch.Tensor, x: torch.Tensor, fp: Footprint,
+                      impl: Optional[str] = None) -> torch.Tensor:
+    """B×C×K×Ho×Wo relation x_center_i - x_j (SAN's subtraction), x_center given at the window centres."""
+    return x_center.unsqueeze(2) - local_patches(x, fp, impl).to(x_center.dtype)
+
+
+def local_aggregate(weights: torch.Tensor, v: torch.Tensor, fp: Footprint, sharing: str = "contiguous",
+                    rel_v: Optional[torch.Tensor] = None, impl: Optional[str] = None) -> torch.Tensor:
+    """B×C×Ho×Wo outputs sum_j w_ij ⊙ v_j (+ sum_j w_ij rel_v[j-i]).
+
+    weights: B×G×K×Ho×Wo, one weight map per group of C/G value channels; ``sharing`` says which channels share a
+    map: ``contiguous`` (channel c uses map c // (C/G): heads, LR-Net) or ``interleaved`` (map c % G: SAN).
+    """
+    b, g, k, ho, wo = weights.shape
+    c = v.shape[1]
+    if k != fp.num_offsets or c % g:
+        raise ValueError(f"weights {tuple(weights.shape)} do not fit {c} value channels and {fp.num_offsets} offsets")
+    if sharing not in ("contiguous", "interleaved"):
+        raise ValueError(f"sharing={sharing!r} is unknown; choose one of contiguous, interleaved")
+    d = c // g
+    vp = fp.pad(v)
+    hp, wp = vp.shape[-2:]
+    if sharing == "interleaved":
+        vp = vp.view(b, d, g, hp, wp).transpose(1, 2)  # B, G, D, Hp, Wp
+    ops = _kernels(impl, v.device)
+    y = ops.nbr_agg(weights.reshape(b * g, k, ho, wo), vp.reshape(b * g, d, hp, wp), *_geometry(fp))
+    y = y.view(b, g, d, ho, wo).to(weights.dtype)
+    if rel_v is not None:
+        y = y + torch.einsum("bgkhw,gdk->bgdhw", weights, rel_v.to(weights.dtype).expand(g, -1, -1))
+    if sharing == "interleaved":
+        y = y.transpose(1, 2)  # B, D, G, Ho, Wo
+    return y.reshape(b, c, ho, wo)
+
+
+def local_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the footprint axis (dim 2), in float32 (float64 stays)."""
+    return logits.softmax(2, dtype=_accumulate_dtype(logits))
+
+
+def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint, num_heads: int,
+                    rel_q=None, rel_k=None, rel_v=None, bias: Optional[torch.Tensor] = None,
+                    impl: Optional[str] = None) -> torch.Tensor:
+    """Multi-head local attention softmax_j(q_i·k_j + rel terms + bias) (v_j + rel_v[j-i]), B×Cv×Ho×Wo.
+
+    ``bias`` broadcasts against the B×heads×K×Ho×Wo logits (LR-Net's geometry prior is heads×K×1×1).
+    """
+    logits = local_logits(q, k, fp, num_heads, rel_q, rel_k, impl)
+    if bias is not None:
+        logits = logits + bias
+    return local_aggregate(local_softmax(logits), v, fp, "contiguous", rel_v, impl)
+
+
+def axial_footprint(length: int, span: Optional[int] = None, axis: str = "width", stride: int = 1) -> Footprint:
+    """The footprint of axial attention along ``axis`` of an axis of ``length`` pixels.
+
+    ``span`` is the window length m (odd); None or m >= length means global: every pixel of the axis, with the
+    2·length - 1 relative offsets of Axial-DeepLab's embedding table. Borders are masked, never padded in.
+    """
+    if axis not in ("height", "width"):
+        raise ValueError(f"axis={axis!r} is unknown; choose one of height, width")
+    m = 2 * length - 1 if span is None or span >= length else span
+    return Footprint((m, 1) if axis == "height" else (1, m), stride=stride, padding="mask")

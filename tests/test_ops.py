@@ -1,0 +1,196 @@
+"""The local-aggregation core: gradcheck, fast == reference, FLOP formulas, convolution and dense-attention identities."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from attnvision.ops import (Footprint, axial_footprint, local_aggregate, local_attention, local_logits,
+                            local_patches, local_softmax, local_subtraction, resolve_impl, set_default_impl)
+from attnvision.ops import kernels
+
+FOOTPRINTS = [Footprint(k, s, dil, pad) for pad in ("zero", "reflect", "mask")
+              for k, s, dil in ((3, 1, 1), (3, 2, 1), (3, 1, 2), ((1, 5), 1, 1))]
+IMPLS = ("reference", "fast")
+
+
+def _ids(fp):
+    return f"{fp.padding}-k{fp.kernel_size[0]}x{fp.kernel_size[1]}-s{fp.stride}-d{fp.dilation}"
+
+
+def _inputs(fp, dtype=torch.float64, b=1, c=4, h=5, w=6, heads=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ho, wo = fp.out_size(h, w)
+    k = fp.num_offsets
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+
+    return dict(q=rnd(b, c, ho, wo), x=rnd(b, c, h, w), v=rnd(b, c, h, w), rel_q=rnd(heads, c // heads, k),
+                rel_k=rnd(1, c // heads, k), rel_v=rnd(heads, c // heads, k), weights=rnd(b, heads, k, ho, wo),
+                heads=heads)
+
+
+def _primitives(t, fp, impl):
+    """Every primitive once, as (name, fn, inputs); logits go through the softmax so that -inf never leaks out."""
+    heads = t["heads"]
+    return [
+        ("logits", lambda q, x, rq, rk: local_softmax(local_logits(q, x, fp, heads, rq, rk, impl)),
+         (t["q"], t["x"], t["rel_q"], t["rel_k"])),
+        ("patches", lambda x: local_patches(x, fp, impl), (t["x"],)),
+        ("subtraction", lambda q, x: local_subtraction(q, x, fp, impl), (t["q"], t["x"])),
+        ("aggregate_contiguous", lambda w, v, rv: local_aggregate(w, v, fp, "contiguous", rv, impl),
+         (t["weights"], t["v"], t["rel_v"])),
+        ("aggregate_interleaved", lambda w, v: local_aggregate(w, v, fp, "interleaved", impl=impl),
+         (t["weights"], t["v"])),
+        ("attention", lambda q, x, v, rq, rk, rv: local_attention(q, x, v, fp, heads, rq, rk, rv, impl=impl),
+         (t["q"], t["x"], t["v"], t["rel_q"], t["rel_k"], t["rel_v"])),
+    ]
+
+
+@pytest.mark.parametrize("fp", FOOTPRINTS, ids=_ids)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradcheck_every_primitive(fp, impl):
+    for name, fn, args in _primitives(_inputs(fp), fp, impl):
+        assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-5), name
+
+
+@pytest.mark.parametrize("fp", FOOTPRINTS, ids=_ids)
+def test_fast_matches_reference_forward_and_backward(fp):
+    t = _inputs(fp, torch.float32, b=2, c=8, h=9, w=11)
+    ref, fast = _primitives(t, fp, "reference"), _primitives(t, fp, "fast")
+    for (name, ref_fn, args), (_, fast_fn, _) in zip(ref, fast):
+        grads = []
+        for fn in (ref_fn, fast_fn):
+            out = fn(*args)
+            cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            grads.append((out, torch.autograd.grad(out, args, cotangent)))
+        (out_r, grads_r), (out_f, grads_f) = grads
+        torch.testing.assert_close(out_f, out_r, rtol=1e-5, atol=1e-5, msg=name)
+        for g_f, g_r in zip(grads_f, grads_r):
+            torch.testing.assert_close(g_f, g_r, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_kernels_support_double_backward():
+    q = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    kp = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b: kernels.nbr_dot(a, b, 3, 3, 1, 1), (q, kp))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2)])
+def test_static_weights_reproduce_depthwise_convolution(impl, stride, dilation):
+    x = torch.randn(2, 6, 9, 10)
+    kernel = torch.randn(6, 1, 3, 3)
+    fp = Footprint(3, stride, dilation, "zero")
+    ho, wo = fp.out_size(9, 10)
+    weights = kernel.view(1, 6, 9, 1, 1).expand(2, 6, 9, ho, wo)  # one fixed 3×3 kernel per channel
+    expected = F.conv2d(x, kernel, stride=stride, padding=dilation, dilation=dilation, groups=6)
+    torch.testing.assert_close(local_aggregate(weights, x, fp, impl=impl), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_flop_formulas_match_hand_counts():
+    b, c, h, w, heads, k = 2, 8, 6, 7, 2, 3
+    fp = Footprint(k)
+    q, x = torch.randn(b, c, h, w), torch.randn(b, c, h, w)
+    rel = torch.randn(heads, c // heads, k * k)
+    with FlopCounterMode(display=False) as counter:
+        logits = local_logits(q, x, fp, heads, rel_q=rel, impl="fast")
+    # q·k over the window, plus q·r: each B·C·K·H·W multiply-adds
+    assert counter.get_total_flops() == 2 * (2 * b * c * k * k * h * w)
+    with FlopCounterMode(display=False) as counter:
+        local_aggregate(local_softmax(logits), x, fp, impl="fast")
+    assert counter.get_total_flops() == 2 * b * c * k * k * h * w
+    weights = torch.randn(b, heads, k * k, h, w, requires_grad=True)
+    v = torch.randn(b, c, h, w, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        local_aggregate(weights, v, fp, impl="fast").sum().backward()
+    # backward: dW is one nbr_dot and dV one nbr_agg_t, each as costly as the forward
+    assert counter.get_total_flops() == 3 * 2 * b * c * k * k * h * w
+
+
+def test_reflect_padding_is_torch_reflect():
+    x = torch.arange(30.).view(1, 1, 5, 6)
+    patches = local_patches(x, Footprint(3, padding="reflect"))  # 1, 1, 9, 5, 6
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    for o, (dy, dx) in enumerate(itertools.product(range(3), range(3))):
+        torch.testing.assert_close(patches[0, 0, o], padded[0, 0, dy:dy + 5, dx:dx + 6])
+    assert patches[0, 0, 0, 0, 0] == x[0, 0, 1, 1]  # index -1 mirrors to 1, the edge is not repeated
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_mask_mode_gives_exactly_zero_weight_outside(impl):
+    fp = Footprint(3, padding="mask")
+    weights = local_softmax(local_logits(torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5), fp, 2, impl=impl))
+    valid = fp.valid_mask(5, 5)
+    assert (weights[:, :, ~valid] == 0).all() and (weights[:, :, valid] > 0).all()
+    torch.testing.assert_close(weights.sum(2), torch.ones(1, 2, 5, 5))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("axis", ["height", "width"])
+def test_global_axial_attention_is_dense_attention_along_the_axis(impl, axis):
+    b, c, h, w, heads = 2, 4, 5, 6, 2
+    q, k, v = torch.randn(b, c, h, w), torch.randn(b, c, h, w), torch.randn(b, c, h, w)
+    length = h if axis == "height" else w
+    rel = torch.randn(heads, c // heads, 2 * length - 1)
+    fp = axial_footprint(length, span=None, axis=axis)
+    y = local_attention(q, k, v, fp, heads, rel_q=rel, rel_k=rel, rel_v=rel, impl=impl)
+
+    # dense reference: rows (or columns) as sequences, relative index j - i + length - 1
+    def seq(t):  # B, C, H, W -> B·other, heads, d, L
+        t = t if axis == "width" else t.transpose(2, 3)
+        return t.permute(0, 2, 1, 3).reshape(-1, heads, c // heads, length)
+    qs, ks, vs = seq(q), seq(k), seq(v)
+    idx = torch.arange(length)[None, :] - torch.arange(length)[:, None] + length - 1  # L_i, L_j
+    r = rel[:, :, idx]  # heads, d, L_i, L_j
+    logits = torch.einsum("nhdi,nhdj->nhij", qs, ks) + torch.einsum("nhdi,hdij->nhij", qs, r) \
+        + torch.einsum("nhdj,hdij->nhij", ks, r)
+    a = logits.softmax(-1)
+    out = torch.einsum("nhij,nhdj->nhdi", a, vs) + torch.einsum("nhij,hdij->nhdi", a, r)
+    other = w if axis == "height" else h
+    out = out.reshape(b, other, c, length).permute(0, 2, 1, 3)  # B, C, other, L
+    expected = out if axis == "width" else out.transpose(2, 3)
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_local_axial_span_is_a_window():
+    fp = axial_footprint(10, span=5, axis="width")
+    assert fp.kernel_size == (1, 5) and fp.padding == "mask"
+    assert axial_footprint(10, span=10).kernel_size == (1, 19)
+
+
+def test_impl_selection_and_override(monkeypatch):
+    assert resolve_impl(None, torch.device("cpu")) == "fast"  # the C kernels build on this machine
+    assert resolve_impl("reference", torch.device("cpu")) == "reference"
+    set_default_impl("reference")
+    try:
+        assert resolve_impl(None, torch.device("cpu")) == "reference"
+    finally:
+        set_default_impl("auto")
+    with pytest.raises(ValueError, match="impl='nope' is unknown; choose one of auto, reference, fast"):
+        resolve_impl("nope", torch.device("cpu"))
+    with pytest.raises(ValueError, match="padding='same' is unknown"):
+        Footprint(3, padding="same")
+
+
+def test_fast_path_stores_nothing_k_squared_sized():
+    """Autograd keeps only inputs-sized tensors for the fast aggregation (the reference keeps the unfolded values)."""
+    b, c, h, w, heads, k = 2, 16, 12, 12, 2, 7
+    fp = Footprint(k)
+    weights = torch.randn(b, heads, k * k, h, w, requires_grad=True)
+    v = torch.randn(b, c, h, w, requires_grad=True)
+    largest = {}
+    for impl in IMPLS:
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            local_aggregate(weights, v, fp, impl=impl)
+        largest[impl] = max(sizes)
+    assert largest["fast"] <= max(weights.numel(), v.numel() * 2)
+    assert largest["reference"] >= v.numel() * k * k
