@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: train test flops tables clean
+.PHONY: train test flops tables bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ test: $(STAMP)
 
 flops: $(STAMP)
 	$(PY) count_flops.py model=resnet model.depth=50 data.image_size=224
+
+bench: $(STAMP)
+	$(PY) scripts/bench_ops.py
 
 tables: $(STAMP)
 	$(PY) scripts/make_tables.py

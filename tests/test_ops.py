@@ -1,5 +1,6 @@
 """The local-aggregation core: gradcheck, fast == reference, FLOP formulas, convolution and dense-attention identities."""
 import itertools
+import os
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from attnvision.ops import kernels
 FOOTPRINTS = [Footprint(k, s, dil, pad) for pad in ("zero", "reflect", "mask")
               for k, s, dil in ((3, 1, 1), (3, 2, 1), (3, 1, 2), ((1, 5), 1, 1))]
 IMPLS = ("reference", "fast")
+# AV_TEST_DEVICE=cuda runs the same checks on a GPU, where "fast" is the Triton kernels
+DEVICE = torch.device(os.environ.get("AV_TEST_DEVICE", "cpu"))
 
 
 def _ids(fp):
@@ -25,11 +28,11 @@ def _inputs(fp, dtype=torch.float64, b=1, c=4, h=5, w=6, heads=2, seed=0):
     k = fp.num_offsets
 
     def rnd(*shape):
-        return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+        return torch.randn(*shape, generator=g, dtype=dtype).to(DEVICE).requires_grad_()
 
     return dict(q=rnd(b, c, ho, wo), x=rnd(b, c, h, w), v=rnd(b, c, h, w), rel_q=rnd(heads, c // heads, k),
                 rel_k=rnd(1, c // heads, k), rel_v=rnd(heads, c // heads, k), weights=rnd(b, heads, k, ho, wo),
-                heads=heads)
+                bias=rnd(heads, k, 1, 1), heads=heads)
 
 
 def _primitives(t, fp, impl):
@@ -46,6 +49,9 @@ def _primitives(t, fp, impl):
          (t["weights"], t["v"])),
         ("attention", lambda q, x, v, rq, rk, rv: local_attention(q, x, v, fp, heads, rq, rk, rv, impl=impl),
          (t["q"], t["x"], t["v"], t["rel_q"], t["rel_k"], t["rel_v"])),
+        # query-side embedding and a per-head bias only: the fused kernel's case on CPU
+        ("attention_fused", lambda q, x, v, rq, bias: local_attention(q, x, v, fp, heads, rq, bias=bias, impl=impl),
+         (t["q"], t["x"], t["v"], t["rel_q"], t["bias"])),
     ]
 
 
@@ -53,7 +59,9 @@ def _primitives(t, fp, impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_gradcheck_every_primitive(fp, impl):
     for name, fn, args in _primitives(_inputs(fp), fp, impl):
-        assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-5), name
+        # CUDA's reflection-pad and fold backward use atomics, hence a non-determinism tolerance there
+        assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-5, nondet_tol=1e-10 if DEVICE.type == "cuda"
+                                        else 0.0), name
 
 
 @pytest.mark.parametrize("fp", FOOTPRINTS, ids=_ids)
@@ -64,7 +72,7 @@ def test_fast_matches_reference_forward_and_backward(fp):
         grads = []
         for fn in (ref_fn, fast_fn):
             out = fn(*args)
-            cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
             grads.append((out, torch.autograd.grad(out, args, cotangent)))
         (out_r, grads_r), (out_f, grads_f) = grads
         torch.testing.assert_close(out_f, out_r, rtol=1e-5, atol=1e-5, msg=name)
@@ -73,16 +81,16 @@ def test_fast_matches_reference_forward_and_backward(fp):
 
 
 def test_kernels_support_double_backward():
-    q = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
-    kp = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(2, 3, 4, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    kp = torch.randn(2, 3, 6, 7, dtype=torch.float64, device=DEVICE, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda a, b: kernels.nbr_dot(a, b, 3, 3, 1, 1), (q, kp))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2)])
 def test_static_weights_reproduce_depthwise_convolution(impl, stride, dilation):
-    x = torch.randn(2, 6, 9, 10)
-    kernel = torch.randn(6, 1, 3, 3)
+    x = torch.randn(2, 6, 9, 10, device=DEVICE)
+    kernel = torch.randn(6, 1, 3, 3, device=DEVICE)
     fp = Footprint(3, stride, dilation, "zero")
     ho, wo = fp.out_size(9, 10)
     weights = kernel.view(1, 6, 9, 1, 1).expand(2, 6, 9, ho, wo)  # one fixed 3×3 kernel per channel
@@ -122,19 +130,20 @@ def test_reflect_padding_is_torch_reflect():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_mask_mode_gives_exactly_zero_weight_outside(impl):
     fp = Footprint(3, padding="mask")
-    weights = local_softmax(local_logits(torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5), fp, 2, impl=impl))
-    valid = fp.valid_mask(5, 5)
+    q, k = torch.randn(1, 4, 5, 5, device=DEVICE), torch.randn(1, 4, 5, 5, device=DEVICE)
+    weights = local_softmax(local_logits(q, k, fp, 2, impl=impl))
+    valid = fp.valid_mask(5, 5, DEVICE)
     assert (weights[:, :, ~valid] == 0).all() and (weights[:, :, valid] > 0).all()
-    torch.testing.assert_close(weights.sum(2), torch.ones(1, 2, 5, 5))
+    torch.testing.assert_close(weights.sum(2), torch.ones(1, 2, 5, 5, device=DEVICE))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("axis", ["height", "width"])
 def test_global_axial_attention_is_dense_attention_along_the_axis(impl, axis):
     b, c, h, w, heads = 2, 4, 5, 6, 2
-    q, k, v = torch.randn(b, c, h, w), torch.randn(b, c, h, w), torch.randn(b, c, h, w)
+    q, k, v = (torch.randn(b, c, h, w, device=DEVICE) for _ in range(3))
     length = h if axis == "height" else w
-    rel = torch.randn(heads, c // heads, 2 * length - 1)
+    rel = torch.randn(heads, c // heads, 2 * length - 1, device=DEVICE)
     fp = axial_footprint(length, span=None, axis=axis)
     y = local_attention(q, k, v, fp, heads, rel_q=rel, rel_k=rel, rel_v=rel, impl=impl)
 
@@ -143,7 +152,7 @@ def test_global_axial_attention_is_dense_attention_along_the_axis(impl, axis):
         t = t if axis == "width" else t.transpose(2, 3)
         return t.permute(0, 2, 1, 3).reshape(-1, heads, c // heads, length)
     qs, ks, vs = seq(q), seq(k), seq(v)
-    idx = torch.arange(length)[None, :] - torch.arange(length)[:, None] + length - 1  # L_i, L_j
+    idx = torch.arange(length, device=DEVICE)[None, :] - torch.arange(length, device=DEVICE)[:, None] + length - 1
     r = rel[:, :, idx]  # heads, d, L_i, L_j
     logits = torch.einsum("nhdi,nhdj->nhij", qs, ks) + torch.einsum("nhdi,hdij->nhij", qs, r) \
         + torch.einsum("nhdj,hdij->nhij", ks, r)
@@ -173,6 +182,18 @@ def test_impl_selection_and_override(monkeypatch):
         resolve_impl("nope", torch.device("cpu"))
     with pytest.raises(ValueError, match="padding='same' is unknown"):
         Footprint(3, padding="same")
+
+
+def test_fused_attention_is_used_on_cpu_and_counts_its_flops():
+    b, c, h, w, heads, k = 2, 8, 9, 20, 2, 3
+    fp = Footprint(k)
+    q, x = torch.randn(b, c, h, w), torch.randn(b, c, h, w)
+    rel = torch.randn(heads, c // heads, k * k)
+    with FlopCounterMode(display=False) as counter:
+        local_attention(q, x, x, fp, heads, rel_q=rel, impl="fast")
+    assert set(map(str, counter.get_flop_counts()["Global"])) == {"attnvision.nbr_attention"}
+    # q·k, q·r and the aggregation: B·C·K·H·W multiply-adds each
+    assert counter.get_total_flops() == 2 * 3 * b * c * k * k * h * w
 
 
 def test_fast_path_stores_nothing_k_squared_sized():

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "launch"]
+__all__ = ["available", "launch", "attention_forward", "attention_backward"]
 
 SOURCE = Path(__file__).parent / "csrc" / "nbr_cpu.c"
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 KERNELS = ("nbr_dot", "nbr_agg", "nbr_agg_t")
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -45,7 +45,7 @@ def _library():
         fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so")
         os.close(fd)
         try:
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True)
+            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, text=True)
             os.replace(tmp, lib_path)  # atomic: concurrent first uses never load a half-written library
         except (OSError, subprocess.CalledProcessError) as err:
             Path(tmp).unlink(missing_ok=True)
@@ -59,6 +59,9 @@ def _library():
             fn = getattr(lib, f"{name}_{suffix}")
             fn.argtypes = [ctypes.c_void_p] * 3 + [i64] * 10 + [ctypes.c_int]
             fn.restype = None
+    for suffix in SUFFIX.values():
+        getattr(lib, f"nbr_attention_fwd_{suffix}").argtypes = [ctypes.c_void_p] * 7 + [i64] * 16 + [ctypes.c_int]
+        getattr(lib, f"nbr_attention_bwd_{suffix}").argtypes = [ctypes.c_void_p] * 13 + [i64] * 16 + [ctypes.c_int]
     return lib
 
 
@@ -73,3 +76,26 @@ def launch(name: str, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, n: in
     fn(a.data_ptr(), b.data_ptr(), out.data_ptr(), n, d, ho, wo, hp, wp, kh, kw, stride, dilation,
        torch.get_num_threads())
     return out
+
+
+def _ptr(t):
+    return None if t is None else t.data_ptr()
+
+
+def attention_forward(q, kp, vp, rel, bias, y, lse, groups: int, kh: int, kw: int, stride: int, dilation: int,
+                      mask: tuple) -> None:
+    """Fused local attention forward into ``y`` and ``lse`` (see ``nbr_attention_fwd`` in the C source)."""
+    n, d, ho, wo = q.shape
+    fn = getattr(_library(), f"nbr_attention_fwd_{SUFFIX[q.dtype]}")
+    fn(q.data_ptr(), kp.data_ptr(), vp.data_ptr(), _ptr(rel), _ptr(bias), y.data_ptr(), lse.data_ptr(), n, groups,
+       d, vp.shape[1], ho, wo, kp.shape[-2], kp.shape[-1], kh, kw, stride, dilation, *mask, torch.get_num_threads())
+
+
+def attention_backward(q, kp, vp, rel, bias, y, lse, dy, dq, dkp, dvp, drel, dbias, groups: int, kh: int, kw: int,
+                       stride: int, dilation: int, mask: tuple) -> None:
+    """Fused local attention backward, accumulating into zeroed dq, dkp, dvp and per-thread drel / dbias."""
+    n, d, ho, wo = q.shape
+    fn = getattr(_library(), f"nbr_attention_bwd_{SUFFIX[q.dtype]}")
+    fn(q.data_ptr(), kp.data_ptr(), vp.data_ptr(), _ptr(rel), _ptr(bias), y.data_ptr(), lse.data_ptr(),
+       dy.data_ptr(), dq.data_ptr(), dkp.data_ptr(), dvp.data_ptr(), _ptr(drel), _ptr(dbias), n, groups, d,
+       vp.shape[1], ho, wo, kp.shape[-2], kp.shape[-1], kh, kw, stride, dilation, *mask, torch.get_num_threads())

@@ -10,8 +10,8 @@
   - ``axial_footprint``: the 1×m (or m×1) footprint of axial attention; m ≥ the axis length means global.
 
 Every primitive takes ``impl``: ``'reference'`` (pad + unfold, the oracle), ``'fast'`` (the custom ops of
-``kernels.py``: C on CPU, Triton on CUDA, nothing k²-expanded in forward or backward) or ``'auto'`` (fast where
-its kernels exist). ``set_default_impl`` or ``$AV_OPS_IMPL`` overrides the default. Relative embeddings have shape
+``kernels.py``: C on CPU, Triton on CUDA, nothing k²-expanded in forward or backward; on CPU softmax attention
+runs as one fused kernel, ``fused.py``) or ``'auto'`` (fast where its kernels exist). ``set_default_impl`` or ``$AV_OPS_IMPL`` overrides the default. Relative embeddings have shape
 (G or 1, D, K): per head, or shared across heads.
 """
 import os
@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 
 from . import cpu, kernels, reference
+from .fused import nbr_attention
 from .footprint import Footprint
 
 __all__ = ["IMPLS", "set_default_impl", "resolve_impl", "local_logits", "local_patches", "local_subtraction",
@@ -77,12 +78,18 @@ def _mask_invalid(logits: torch.Tensor, fp: Footprint, height: int, width: int) 
     return logits.masked_fill(~valid, float("-inf"))
 
 
-def _select_offsets(z: torch.Tensor, fp: Footprint, ho: int, wo: int) -> torch.Tensor:
-    """z[..., o, nbr(y, x, o)] for B×G×K×Hp×Wp planes: each offset reads its own shifted, strided view."""
+def _key_position_term(k: torch.Tensor, rel_k: torch.Tensor, fp: Footprint, num_heads: int) -> torch.Tensor:
+    """B×G×K×Ho×Wo term k_j·rel_k[j-i]: project every key on every offset's embedding, then gather each offset's
+    neighbour. Out-of-image neighbours read an appended zero column (zero keys), reflected ones their mirror."""
+    b, c, height, width = k.shape
+    g, d = num_heads, c // num_heads
+    ho, wo = fp.out_size(height, width)
+    index = fp.pad(torch.arange(height * width, device=k.device, dtype=k.dtype).view(1, 1, height, width) + 1)
     kh, kw, s, dil = _geometry(fp)
-    planes = [z[:, :, o, (o // kw) * dil:(o // kw) * dil + (ho - 1) * s + 1:s,
-                (o % kw) * dil:(o % kw) * dil + (wo - 1) * s + 1:s] for o in range(kh * kw)]
-    return torch.stack(planes, 2)  # B, G, K, Ho, Wo
+    index = reference.unfold_padded(index, kh, kw, s, dil, ho, wo).round().long().view(1, 1, kh * kw, ho * wo)
+    proj = torch.einsum("bgdp,gdk->bgkp", k.reshape(b, g, d, height * width), rel_k.expand(g, -1, -1))
+    proj = torch.cat([proj.new_zeros(b, g, kh * kw, 1), proj], -1)  # B, G, K, 1 + H*W; column 0 is "outside"
+    return proj.gather(-1, index.expand(b, g, -1, -1)).view(b, g, kh * kw, ho, wo)
 
 
 def local_logits(q: torch.Tensor, k: torch.Tensor, fp: Footprint, num_heads: int,
@@ -107,9 +114,7 @@ def local_logits(q: torch.Tensor, k: torch.Tensor, fp: Footprint, num_heads: int
         logits = logits + torch.einsum("bgdhw,gdk->bgkhw", q.view(b, g, d, ho, wo).to(logits.dtype),
                                        rel_q.to(logits.dtype).expand(g, -1, -1))
     if rel_k is not None:
-        z = torch.einsum("bgdhw,gdk->bgkhw", kp.view(b, g, d, hp, wp).to(logits.dtype),
-                         rel_k.to(logits.dtype).expand(g, -1, -1))  # B, G, K, Hp, Wp
-        logits = logits + _select_offsets(z, fp, ho, wo)
+        logits = logits + _key_position_term(k.to(logits.dtype), rel_k.to(logits.dtype), fp, num_heads)
     return _mask_invalid(logits, fp, height, width)
 
 
@@ -164,13 +169,39 @@ def local_softmax(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(2, dtype=_accumulate_dtype(logits))
 
 
+def _per_head_bias(bias: Optional[torch.Tensor], num_heads: int, k: int) -> Optional[torch.Tensor]:
+    """``bias`` as heads×K when it is constant over batch and pixels (what the fused kernel takes), else None."""
+    target = (1, num_heads, k, 1, 1)
+    try:
+        if torch.broadcast_shapes(bias.shape, target) != target:
+            return None
+    except RuntimeError:
+        return None
+    return bias.expand(target).reshape(num_heads, k)
+
+
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint, num_heads: int,
                     rel_q=None, rel_k=None, rel_v=None, bias: Optional[torch.Tensor] = None,
                     impl: Optional[str] = None) -> torch.Tensor:
     """Multi-head local attention softmax_j(q_i·k_j + rel terms + bias) (v_j + rel_v[j-i]), B×Cv×Ho×Wo.
 
-    ``bias`` broadcasts against the B×heads×K×Ho×Wo logits (LR-Net's geometry prior is heads×K×1×1).
+    ``bias`` broadcasts against the B×heads×K×Ho×Wo logits (LR-Net's geometry prior is heads×K×1×1). On CPU the
+    fast path is one fused kernel (``fused.py``) when there is no rel_k / rel_v and the bias is per head and offset.
     """
+    head_bias = None if bias is None else _per_head_bias(bias, num_heads, fp.num_offsets)
+    if (q.device.type == "cpu" and resolve_impl(impl, q.device) == "fast" and rel_k is None and rel_v is None
+            and (bias is None or head_bias is not None)):
+        b, c, ho, wo = q.shape
+        height, width = k.shape[-2:]
+        kp, vp = fp.pad(k), fp.pad(v)
+        rel = None if rel_q is None else rel_q.expand(num_heads, -1, -1)
+        left, _, top, _ = fp.pads()
+        mask = (height, width, top, left) if fp.padding == "mask" else (0, 0, 0, 0)
+        y, _ = nbr_attention(q.reshape(b * num_heads, c // num_heads, ho, wo),
+                             kp.reshape(b * num_heads, c // num_heads, *kp.shape[-2:]),
+                             vp.reshape(b * num_heads, v.shape[1] // num_heads, *vp.shape[-2:]), rel, head_bias,
+                             num_heads, *_geometry(fp), *mask)
+        return y.view(b, v.shape[1], ho, wo)
     logits = local_logits(q, k, fp, num_heads, rel_q, rel_k, impl)
     if bias is not None:
         logits = logits + bias
