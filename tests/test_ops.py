@@ -164,6 +164,23 @@ def test_global_axial_attention_is_dense_attention_along_the_axis(impl, axis):
     torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("axis", ["height", "width"])
+def test_global_axial_fast_path_matches_reference_with_gradients(axis):
+    """The fast path of a global axial footprint is dense matmuls along the axis; the reference unfolds 2L-1."""
+    b, c, h, w, heads = 1, 4, 4, 5, 2
+    length = h if axis == "height" else w
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(*shape, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_() for shape in
+            [(b, c, h, w)] * 3 + [(heads, c // heads, 2 * length - 1)] * 3 + [(heads, 2 * length - 1, 1, 1)]]
+    fp = axial_footprint(length, None, axis)
+
+    def attention(impl):
+        return lambda q, k, v, rq, rk, rv, bias: local_attention(q, k, v, fp, heads, rq, rk, rv, bias, impl=impl)
+
+    torch.testing.assert_close(attention("fast")(*args), attention("reference")(*args))
+    assert torch.autograd.gradcheck(attention("fast"), args)
+
+
 def test_local_axial_span_is_a_window():
     fp = axial_footprint(10, span=5, axis="width")
     assert fp.kernel_size == (1, 5) and fp.padding == "mask"

@@ -111,7 +111,7 @@ def local_logits(q: torch.Tensor, k: torch.Tensor, fp: Footprint, num_heads: int
     logits = ops.nbr_dot(q.reshape(b * g, d, ho, wo), kp.reshape(b * g, d, hp, wp), *_geometry(fp))
     logits = logits.view(b, g, fp.num_offsets, ho, wo).to(_accumulate_dtype(q))
     if rel_q is not None:
-        logits = logits + torch.einsum("bgdhw,gdk->bgkhw", q.view(b, g, d, ho, wo).to(logits.dtype),
+        logits = logits + torch.einsum("bgdhw,gdk->bgkhw", q.reshape(b, g, d, ho, wo).to(logits.dtype),
                                        rel_q.to(logits.dtype).expand(g, -1, -1))
     if rel_k is not None:
         logits = logits + _key_position_term(k.to(logits.dtype), rel_k.to(logits.dtype), fp, num_heads)
@@ -180,15 +180,66 @@ def _per_head_bias(bias: Optional[torch.Tensor], num_heads: int, k: int) -> Opti
     return bias.expand(target).reshape(num_heads, k)
 
 
+def _global_axis(fp: Footprint, height: int, width: int) -> Optional[str]:
+    """The axis of a global axial footprint (every pixel of the axis, see ``axial_footprint``), else None."""
+    if fp.padding != "mask" or fp.stride != 1 or fp.dilation != 1:
+        return None
+    if fp.kernel_size == (1, 2 * width - 1):
+        return "width"
+    if fp.kernel_size == (2 * height - 1, 1):
+        return "height"
+    return None
+
+
+def _dense_axial_attention(q, k, v, axis: str, num_heads: int, rel_q, rel_k, rel_v, head_bias):
+    """Global axial attention as dense per-line matmuls (L×L logits per row or column, relative terms gathered
+    from the 2L-1 embeddings): the fast path for a global span, where half of a 1×(2L-1) window is off-image."""
+    if axis == "height":
+        q, k, v = (t.transpose(2, 3) for t in (q, k, v))
+    b, c, other, length = q.shape
+    cv = v.shape[1]
+
+    def lines(t, channels):  # B, C, other, L -> B·other, heads, d, L
+        return t.permute(0, 2, 1, 3).reshape(b * other, num_heads, channels // num_heads, length)
+
+    qs, ks, vs = lines(q, c), lines(k, c), lines(v, cv)
+    dtype = _accumulate_dtype(q)
+    n = qs.shape[0]
+    index = torch.arange(length, device=q.device)
+    index = (index[None, :] - index[:, None] + length - 1).expand(n, num_heads, -1, -1)  # offset j - i, per (i, j)
+
+    def per_offset(t, rel):  # project every position on all 2L-1 embeddings: N, heads, L, 2L-1 (a small matmul)
+        return torch.einsum("nhdi,hdo->nhio", t.to(dtype), rel.to(dtype).expand(num_heads, -1, -1))
+
+    logits = torch.einsum("nhdi,nhdj->nhij", qs.to(dtype), ks.to(dtype))
+    if rel_q is not None:
+        logits = logits + per_offset(qs, rel_q).gather(-1, index)
+    if rel_k is not None:  # k_j·r[j-i]: row j of the projection, read at offset j - i
+        logits = logits + per_offset(ks, rel_k).gather(-1, index.transpose(-1, -2)).transpose(-1, -2)
+    if head_bias is not None:
+        logits = logits + head_bias.to(dtype)[:, index[0, 0]]
+    weights = logits.softmax(-1)
+    out = torch.einsum("nhij,nhdj->nhdi", weights, vs.to(dtype))
+    if rel_v is not None:  # sum_j w_ij r[j-i]: spread the weights onto their offsets, then one matmul
+        spread = weights.new_zeros(*weights.shape[:3], 2 * length - 1).scatter_(-1, index, weights)
+        out = out + torch.einsum("nhio,hdo->nhdi", spread, rel_v.to(dtype).expand(num_heads, -1, -1))
+    out = out.reshape(b, other, cv, length).permute(0, 2, 1, 3)  # B, Cv, other, L
+    return out.transpose(2, 3) if axis == "height" else out
+
+
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint, num_heads: int,
                     rel_q=None, rel_k=None, rel_v=None, bias: Optional[torch.Tensor] = None,
                     impl: Optional[str] = None) -> torch.Tensor:
     """Multi-head local attention softmax_j(q_i·k_j + rel terms + bias) (v_j + rel_v[j-i]), B×Cv×Ho×Wo.
 
-    ``bias`` broadcasts against the B×heads×K×Ho×Wo logits (LR-Net's geometry prior is heads×K×1×1). On CPU the
-    fast path is one fused kernel (``fused.py``) when there is no rel_k / rel_v and the bias is per head and offset.
+    ``bias`` broadcasts against the B×heads×K×Ho×Wo logits (LR-Net's geometry prior is heads×K×1×1). The fast
+    path is, for a global axial footprint, dense matmuls along the axis, and on CPU otherwise one fused kernel
+    (``fused.py``) when there is no rel_k / rel_v and the bias is per head and offset.
     """
     head_bias = None if bias is None else _per_head_bias(bias, num_heads, fp.num_offsets)
+    axis = _global_axis(fp, *k.shape[-2:])
+    if axis is not None and resolve_impl(impl, q.device) == "fast" and (bias is None or head_bias is not None):
+        return _dense_axial_attention(q, k, v, axis, num_heads, rel_q, rel_k, rel_v, head_bias)
     if (q.device.type == "cpu" and resolve_impl(impl, q.device) == "fast" and rel_k is None and rel_v is None
             and (bias is None or head_bias is not None)):
         b, c, ho, wo = q.shape
