@@ -197,6 +197,9 @@ def test_impl_selection_and_override(monkeypatch):
         set_default_impl("auto")
     with pytest.raises(ValueError, match="impl='nope' is unknown; choose one of auto, reference, fast"):
         resolve_impl("nope", torch.device("cpu"))
+    assert resolve_impl("auto", torch.device("meta")) == "reference"  # no kernels there
+    with pytest.raises(RuntimeError, match="impl='fast' has no kernels on meta"):
+        resolve_impl("fast", torch.device("meta"))
     with pytest.raises(ValueError, match="padding='same' is unknown"):
         Footprint(3, padding="same")
 

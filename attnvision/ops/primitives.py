@@ -51,10 +51,11 @@ def resolve_impl(impl: Optional[str], device: torch.device) -> str:
     impl = impl or _default_impl
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is unknown; choose one of {', '.join(IMPLS)}")
-    if impl != "auto":
-        return impl
     fast = cpu.available() if device.type == "cpu" else device.type == "cuda" and _triton_available()
-    return "fast" if fast else "reference"
+    if impl == "fast" and not fast:
+        raise RuntimeError(f"impl='fast' has no kernels on {device.type} here (CPU: the C kernels could not be built; "
+                           f"CUDA: Triton is missing); use impl='reference'")
+    return impl if impl != "auto" else ("fast" if fast else "reference")
 
 
 def _kernels(impl: Optional[str], device: torch.device):
