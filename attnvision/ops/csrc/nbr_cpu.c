@@ -17,15 +17,20 @@
 #include <string.h>
 #include <omp.h>
 
+/* shift[o]: offset o's neighbour relative to the window's top-left corner, in a padded image Wp pixels wide. */
+static inline void fill_shifts(int64_t *shift, int64_t kh, int64_t kw, int64_t dil, int64_t Wp) {
+    for (int64_t o = 0; o < kh * kw; o++) shift[o] = (o / kw) * dil * Wp + (o % kw) * dil;
+}
+
 #define DEFINE_KERNELS(T, SUFFIX)                                                                                  \
-typedef T vec_##SUFFIX __attribute__((vector_size(64), aligned(sizeof(T)))); /* unaligned 64-byte vector */       \
+typedef T vec_##SUFFIX __attribute__((vector_size(64), aligned(sizeof(T)))); /* unaligned 64-byte vector */        \
 enum { VL_##SUFFIX = 64 / sizeof(T) };                                                                             \
                                                                                                                    \
-void nbr_dot_##SUFFIX(const T *restrict q, const T *restrict kp, T *restrict out, int64_t N, int64_t D,          \
-                      int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s,          \
+void nbr_dot_##SUFFIX(const T *restrict q, const T *restrict kp, T *restrict out, int64_t N, int64_t D,            \
+                      int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s,           \
                       int64_t dil, int threads) {                                                                  \
     typedef vec_##SUFFIX V;                                                                                        \
-    const int64_t K = kh * kw, VL = VL_##SUFFIX, nvec = s == 1 ? Wo / VL_##SUFFIX * VL_##SUFFIX : 0;             \
+    const int64_t K = kh * kw, VL = VL_##SUFFIX, nvec = s == 1 ? Wo / VL_##SUFFIX * VL_##SUFFIX : 0;               \
     _Pragma("omp parallel for collapse(2) schedule(static) num_threads(threads)")                                  \
     for (int64_t n = 0; n < N; n++)                                                                                \
         for (int64_t y = 0; y < Ho; y++)                                                                           \
@@ -48,13 +53,13 @@ void nbr_dot_##SUFFIX(const T *restrict q, const T *restrict kp, T *restrict out
             }                                                                                                      \
 }                                                                                                                  \
                                                                                                                    \
-void nbr_agg_##SUFFIX(const T *restrict w, const T *restrict vp, T *restrict out, int64_t N, int64_t D,          \
-                      int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s,          \
+void nbr_agg_##SUFFIX(const T *restrict w, const T *restrict vp, T *restrict out, int64_t N, int64_t D,            \
+                      int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s,           \
                       int64_t dil, int threads) {                                                                  \
     typedef vec_##SUFFIX V;                                                                                        \
-    const int64_t K = kh * kw, VL = VL_##SUFFIX, nvec = s == 1 ? Wo / VL_##SUFFIX * VL_##SUFFIX : 0;             \
-    int64_t shift[K]; /* offset o's neighbour, relative to the window's top-left corner */                         \
-    for (int64_t o = 0; o < K; o++) shift[o] = (o / kw) * dil * Wp + (o % kw) * dil;                               \
+    const int64_t K = kh * kw, VL = VL_##SUFFIX, nvec = s == 1 ? Wo / VL_##SUFFIX * VL_##SUFFIX : 0;               \
+    int64_t shift[K];                                                                                              \
+    fill_shifts(shift, kh, kw, dil, Wp);                                                                           \
     _Pragma("omp parallel for collapse(2) schedule(static) num_threads(threads)")                                  \
     for (int64_t n = 0; n < N; n++)                                                                                \
         for (int64_t y = 0; y < Ho; y++)                                                                           \
@@ -66,23 +71,23 @@ void nbr_agg_##SUFFIX(const T *restrict w, const T *restrict vp, T *restrict out
                     V acc = {0};                                                                                   \
                     for (int64_t o = 0; o < K; o++)                                                                \
                         acc += *(const V *)(wrow + o * Ho * Wo + x) *                                              \
-                               *(const V *)(vrow + shift[o] + x);                      \
+                               *(const V *)(vrow + shift[o] + x);                                                  \
                     *(V *)(orow + x) = acc;                                                                        \
                 }                                                                                                  \
                 for (int64_t x = nvec; x < Wo; x++) {                                                              \
                     T acc = 0;                                                                                     \
                     for (int64_t o = 0; o < K; o++)                                                                \
-                        acc += wrow[o * Ho * Wo + x] * vrow[shift[o] + x * s];         \
+                        acc += wrow[o * Ho * Wo + x] * vrow[shift[o] + x * s];                                     \
                     orow[x] = acc;                                                                                 \
                 }                                                                                                  \
             }                                                                                                      \
 }                                                                                                                  \
                                                                                                                    \
-void nbr_agg_t_##SUFFIX(const T *restrict w, const T *restrict u, T *restrict out, int64_t N, int64_t D,         \
-                        int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s,        \
+void nbr_agg_t_##SUFFIX(const T *restrict w, const T *restrict u, T *restrict out, int64_t N, int64_t D,           \
+                        int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s,         \
                         int64_t dil, int threads) {                                                                \
     typedef vec_##SUFFIX V;                                                                                        \
-    const int64_t K = kh * kw, VL = VL_##SUFFIX, nvec = s == 1 ? Wo / VL_##SUFFIX * VL_##SUFFIX : 0;             \
+    const int64_t K = kh * kw, VL = VL_##SUFFIX, nvec = s == 1 ? Wo / VL_##SUFFIX * VL_##SUFFIX : 0;               \
     _Pragma("omp parallel for collapse(2) schedule(static) num_threads(threads)")                                  \
     for (int64_t n = 0; n < N; n++)                                                                                \
         for (int64_t py = 0; py < Hp; py++)                                                                        \
@@ -147,16 +152,17 @@ static inline void exp_block_f64(double *lanes) {
     for (int i = 0; i < XB; i++) lanes[i] = exp(lanes[i]);
 }
 
-#define DEFINE_ATTENTION(T, SUFFIX, EXP, LOG) /* EXP: scalar exp for partial blocks */                                                                      \
-static inline __attribute__((always_inline)) void logits_block_##SUFFIX(const T *q, const T *kp, const T *rel, const T *bias, T *l, int64_t n,          \
-        int64_t G, int64_t D, int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s,    \
-        int64_t dil, int64_t mask_h, int64_t mask_w, int64_t pad_top, int64_t pad_left, int64_t y, int64_t x0,    \
+#define DEFINE_ATTENTION(T, SUFFIX, EXP, LOG) /* EXP: scalar exp for partial blocks */                             \
+static inline __attribute__((always_inline)) void logits_block_##SUFFIX(const T *q, const T *kp, const T *rel,     \
+        const T *bias, T *l, int64_t n,                                                                            \
+        int64_t G, int64_t D, int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s,   \
+        int64_t dil, int64_t mask_h, int64_t mask_w, int64_t pad_top, int64_t pad_left, int64_t y, int64_t x0,     \
         int64_t nx) {                                                                                              \
     const int64_t K = kh * kw, g = n % G;                                                                          \
     for (int64_t o = 0; o < K; o++) {                                                                              \
         const int64_t oy = o / kw, ox = o % kw, py = y * s + oy * dil;                                             \
         T *lo = l + o * XB;                                                                                        \
-        for (int64_t i = 0; i < XB; i++) lo[i] = bias ? bias[g * K + o] : 0;                                        \
+        for (int64_t i = 0; i < XB; i++) lo[i] = bias ? bias[g * K + o] : 0;                                       \
         for (int64_t d = 0; d < D; d++) {                                                                          \
             const T *qd = q + ((n * D + d) * Ho + y) * Wo + x0;                                                    \
             const T *kd = kp + ((n * D + d) * Hp + py) * Wp + ox * dil + x0 * s;                                   \
@@ -176,8 +182,8 @@ static inline __attribute__((always_inline)) void logits_block_##SUFFIX(const T 
     }                                                                                                              \
 }                                                                                                                  \
                                                                                                                    \
-static inline __attribute__((always_inline)) void attend_block_##SUFFIX(const T *q, const T *kp, const T *vp,    \
-        const T *rel, const T *bias, T *y_out, T *lse, T *l, int64_t n, int64_t G, int64_t D, int64_t Dv,           \
+static inline __attribute__((always_inline)) void attend_block_##SUFFIX(const T *q, const T *kp, const T *vp,      \
+        const T *rel, const T *bias, T *y_out, T *lse, T *l, int64_t n, int64_t G, int64_t D, int64_t Dv,          \
         int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s, int64_t dil,            \
         int64_t mask_h, int64_t mask_w, int64_t pad_top, int64_t pad_left, int64_t y, int64_t x0, int64_t nx) {    \
     const int64_t K = kh * kw;                                                                                     \
@@ -210,9 +216,9 @@ static inline __attribute__((always_inline)) void attend_block_##SUFFIX(const T 
     }                                                                                                              \
 }                                                                                                                  \
                                                                                                                    \
-static inline void logits_full_##SUFFIX(const T *q, const T *kp, const T *rel, const T *bias, T *l,              \
+static inline void logits_full_##SUFFIX(const T *q, const T *kp, const T *rel, const T *bias, T *l,                \
         const int64_t *shift, int64_t n, int64_t G, int64_t D, int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp,     \
-        int64_t K, int64_t kw, int64_t dil, int64_t mask_h, int64_t mask_w, int64_t pad_top, int64_t pad_left,    \
+        int64_t K, int64_t kw, int64_t dil, int64_t mask_h, int64_t mask_w, int64_t pad_top, int64_t pad_left,     \
         int64_t y, int64_t x0) {                                                                                   \
     typedef T V __attribute__((vector_size(XB * sizeof(T)), aligned(sizeof(T)))); /* the XB lanes of a block */    \
     const int64_t g = n % G;                                                                                       \
@@ -221,7 +227,7 @@ static inline void logits_full_##SUFFIX(const T *q, const T *kp, const T *rel, c
         V acc = (V){0} + (bias ? bias[g * K + o] : 0);                                                             \
         for (int64_t d = 0; d < D; d++)                                                                            \
             acc += *(const V *)(qb + d * Ho * Wo) *                                                                \
-                   (*(const V *)(kb + d * Hp * Wp + shift[o]) + (rel ? rel[(g * D + d) * K + o] : 0));            \
+                   (*(const V *)(kb + d * Hp * Wp + shift[o]) + (rel ? rel[(g * D + d) * K + o] : 0));             \
         *(V *)(l + o * XB) = acc;                                                                                  \
         if (mask_h > 0) {                                                                                          \
             const int64_t py = y + (o / kw) * dil - pad_top, px = x0 + (o % kw) * dil - pad_left;                  \
@@ -231,12 +237,12 @@ static inline void logits_full_##SUFFIX(const T *q, const T *kp, const T *rel, c
     }                                                                                                              \
 }                                                                                                                  \
                                                                                                                    \
-static inline void attend_full_##SUFFIX(const T *q, const T *kp, const T *vp, const T *rel, const T *bias,        \
+static inline void attend_full_##SUFFIX(const T *q, const T *kp, const T *vp, const T *rel, const T *bias,         \
         T *y_out, T *lse, T *l, const int64_t *shift, int64_t n, int64_t G, int64_t D, int64_t Dv, int64_t Ho,     \
-        int64_t Wo, int64_t Hp, int64_t Wp, int64_t K, int64_t kw, int64_t dil, int64_t mask_h, int64_t mask_w,   \
+        int64_t Wo, int64_t Hp, int64_t Wp, int64_t K, int64_t kw, int64_t dil, int64_t mask_h, int64_t mask_w,    \
         int64_t pad_top, int64_t pad_left, int64_t y, int64_t x0) {                                                \
     typedef T V __attribute__((vector_size(XB * sizeof(T)), aligned(sizeof(T)))); /* the XB lanes of a block */    \
-    logits_full_##SUFFIX(q, kp, rel, bias, l, shift, n, G, D, Ho, Wo, Hp, Wp, K, kw, dil, mask_h, mask_w, pad_top,  \
+    logits_full_##SUFFIX(q, kp, rel, bias, l, shift, n, G, D, Ho, Wo, Hp, Wp, K, kw, dil, mask_h, mask_w, pad_top, \
                          pad_left, y, x0);                                                                         \
     T m[XB], sum[XB];                                                                                              \
     for (int64_t i = 0; i < XB; i++) { m[i] = -INFINITY; sum[i] = 0; }                                             \
@@ -253,18 +259,18 @@ static inline void attend_full_##SUFFIX(const T *q, const T *kp, const T *vp, co
     for (int64_t d = 0; d < Dv; d++) {                                                                             \
         const T *vb = vp + ((n * Dv + d) * Hp + y) * Wp + x0;                                                      \
         V acc = {0};                                                                                               \
-        for (int64_t o = 0; o < K; o++) acc += *(const V *)(l + o * XB) * *(const V *)(vb + shift[o]);            \
+        for (int64_t o = 0; o < K; o++) acc += *(const V *)(l + o * XB) * *(const V *)(vb + shift[o]);             \
         *(V *)(y_out + ((n * Dv + d) * Ho + y) * Wo + x0) = acc * inv;                                             \
     }                                                                                                              \
 }                                                                                                                  \
                                                                                                                    \
-void nbr_attention_fwd_##SUFFIX(const T *restrict q, const T *restrict kp, const T *restrict vp, const T *rel,    \
+void nbr_attention_fwd_##SUFFIX(const T *restrict q, const T *restrict kp, const T *restrict vp, const T *rel,     \
         const T *bias, T *restrict y_out, T *restrict lse, int64_t N, int64_t G, int64_t D, int64_t Dv, int64_t Ho, \
-        int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s, int64_t dil, int64_t mask_h,       \
+        int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s, int64_t dil, int64_t mask_h,        \
         int64_t mask_w, int64_t pad_top, int64_t pad_left, int threads) {                                          \
     const int64_t K = kh * kw;                                                                                     \
-    int64_t shift[K]; /* offset o's neighbour, relative to the window's top-left corner */                         \
-    for (int64_t o = 0; o < K; o++) shift[o] = (o / kw) * dil * Wp + (o % kw) * dil;                               \
+    int64_t shift[K];                                                                                              \
+    fill_shifts(shift, kh, kw, dil, Wp);                                                                           \
     _Pragma("omp parallel for collapse(2) schedule(static) num_threads(threads)")                                  \
     for (int64_t n = 0; n < N; n++)                                                                                \
         for (int64_t y = 0; y < Ho; y++) {                                                                         \
@@ -281,9 +287,9 @@ void nbr_attention_fwd_##SUFFIX(const T *restrict q, const T *restrict kp, const
         }                                                                                                          \
 }                                                                                                                  \
                                                                                                                    \
-static inline __attribute__((always_inline)) void attend_block_bwd_##SUFFIX(const T *q, const T *kp,           \
+static inline __attribute__((always_inline)) void attend_block_bwd_##SUFFIX(const T *q, const T *kp,               \
         const T *vp, const T *rel, const T *bias, const T *y_out, const T *lse, const T *dy, T *dq, T *dkp, T *dvp, \
-        T *drel_t, T *dbias_t, T *l, int64_t n, int64_t G, int64_t D, int64_t Dv, int64_t Ho, int64_t Wo,         \
+        T *drel_t, T *dbias_t, T *l, int64_t n, int64_t G, int64_t D, int64_t Dv, int64_t Ho, int64_t Wo,          \
         int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s, int64_t dil, int64_t mask_h, int64_t mask_w,    \
         int64_t pad_top, int64_t pad_left, int64_t y, int64_t x0, int64_t nx) {                                    \
     const int64_t K = kh * kw, g = n % G;                                                                          \
@@ -314,21 +320,21 @@ static inline __attribute__((always_inline)) void attend_block_bwd_##SUFFIX(cons
             T *dqd = dq + ((n * D + d) * Ho + y) * Wo + x0, *dkd = dkp + (n * D + d) * Hp * Wp + off;              \
             const T r = rel ? rel[(g * D + d) * K + o] : 0;                                                        \
             T dr = 0;                                                                                              \
-            for (int64_t i = 0; i < nx; i++) { dqd[i] += lo[i] * (kd[i * s] + r); dkd[i * s] += lo[i] * qd[i];    \
+            for (int64_t i = 0; i < nx; i++) { dqd[i] += lo[i] * (kd[i * s] + r); dkd[i * s] += lo[i] * qd[i];     \
                                                dr += lo[i] * qd[i]; }                                              \
             if (drel_t) drel_t[(g * D + d) * K + o] += dr;                                                         \
         }                                                                                                          \
     }                                                                                                              \
 }                                                                                                                  \
                                                                                                                    \
-static inline void attend_full_bwd_##SUFFIX(const T *q, const T *kp, const T *vp, const T *rel, const T *bias,    \
+static inline void attend_full_bwd_##SUFFIX(const T *q, const T *kp, const T *vp, const T *rel, const T *bias,     \
         const T *y_out, const T *lse, const T *dy, T *dq, T *dkp, T *dvp, T *drel_t, T *dbias_t, T *l,             \
         const int64_t *shift, int64_t n, int64_t G, int64_t D, int64_t Dv, int64_t Ho, int64_t Wo, int64_t Hp,     \
         int64_t Wp, int64_t K, int64_t kw, int64_t dil, int64_t mask_h, int64_t mask_w, int64_t pad_top,           \
         int64_t pad_left, int64_t y, int64_t x0) {                                                                 \
-    typedef T V __attribute__((vector_size(XB * sizeof(T)), aligned(sizeof(T))));                                 \
+    typedef T V __attribute__((vector_size(XB * sizeof(T)), aligned(sizeof(T))));                                  \
     const int64_t g = n % G, pix = y * Wo + x0, nbr = y * Wp + x0;                                                 \
-    logits_full_##SUFFIX(q, kp, rel, bias, l, shift, n, G, D, Ho, Wo, Hp, Wp, K, kw, dil, mask_h, mask_w, pad_top,  \
+    logits_full_##SUFFIX(q, kp, rel, bias, l, shift, n, G, D, Ho, Wo, Hp, Wp, K, kw, dil, mask_h, mask_w, pad_top, \
                          pad_left, y, x0);                                                                         \
     V delta = {0};                                                                                                 \
     for (int64_t d = 0; d < Dv; d++)                                                                               \
@@ -351,22 +357,26 @@ static inline void attend_full_bwd_##SUFFIX(const T *q, const T *kp, const T *vp
         for (int64_t d = 0; d < D; d++) {                                                                          \
             const V qv = *(const V *)(q + (n * D + d) * Ho * Wo + pix);                                            \
             const int64_t at = (n * D + d) * Hp * Wp + nbr + shift[o];                                             \
-            *(V *)(dq + (n * D + d) * Ho * Wo + pix) += ds * (*(const V *)(kp + at) + (rel ? rel[(g * D + d) * K + o] : 0)); \
+            const T r = rel ? rel[(g * D + d) * K + o] : 0;                                                        \
+            *(V *)(dq + (n * D + d) * Ho * Wo + pix) += ds * (*(const V *)(kp + at) + r);                          \
             *(V *)(dkp + at) += ds * qv;                                                                           \
-            if (drel_t) { const V dr = ds * qv; for (int64_t i = 0; i < XB; i++) drel_t[(g * D + d) * K + o] += dr[i]; } \
+            if (drel_t) {                                                                                          \
+                const V dr = ds * qv;                                                                              \
+                for (int64_t i = 0; i < XB; i++) drel_t[(g * D + d) * K + o] += dr[i];                             \
+            }                                                                                                      \
         }                                                                                                          \
     }                                                                                                              \
 }                                                                                                                  \
                                                                                                                    \
 /* dq, dkp, dvp must be zeroed; drel [threads,G,D,K] and dbias [threads,G,K] are zeroed per-thread partial sums. */ \
-void nbr_attention_bwd_##SUFFIX(const T *restrict q, const T *restrict kp, const T *restrict vp, const T *rel,    \
-        const T *bias, const T *restrict y_out, const T *restrict lse, const T *restrict dy, T *restrict dq,      \
+void nbr_attention_bwd_##SUFFIX(const T *restrict q, const T *restrict kp, const T *restrict vp, const T *rel,     \
+        const T *bias, const T *restrict y_out, const T *restrict lse, const T *restrict dy, T *restrict dq,       \
         T *restrict dkp, T *restrict dvp, T *drel, T *dbias, int64_t N, int64_t G, int64_t D, int64_t Dv,          \
         int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s, int64_t dil,            \
         int64_t mask_h, int64_t mask_w, int64_t pad_top, int64_t pad_left, int threads) {                          \
     const int64_t K = kh * kw;                                                                                     \
     int64_t shift[K];                                                                                              \
-    for (int64_t o = 0; o < K; o++) shift[o] = (o / kw) * dil * Wp + (o % kw) * dil;                               \
+    fill_shifts(shift, kh, kw, dil, Wp);                                                                           \
     /* one thread per plane n: the scatters into dkp[n] and dvp[n] never race */                                   \
     _Pragma("omp parallel for schedule(dynamic) num_threads(threads)")                                             \
     for (int64_t n = 0; n < N; n++) {                                                                              \
