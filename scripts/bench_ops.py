@@ -250,12 +250,12 @@ def main(argv=None) -> int:
     command = "python scripts/bench_ops.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for path in write_table(df, stem, f"{command.strip()} ({env})"):
         print(f"wrote {path}")
-    plot(df, Path(stem).with_suffix(".png"), env)
+    plot(df, Path(stem).with_suffix(".png"), f"{command.strip()} ({env})")
     print(df.to_markdown(index=False))
     return 0
 
 
-def plot(df: pd.DataFrame, path: Path, env: str) -> None:
+def plot(df: pd.DataFrame, path: Path, made_by: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -268,9 +268,9 @@ def plot(df: pd.DataFrame, path: Path, env: str) -> None:
         ax.set(xlabel="kernel size k", ylabel="time / conv3x3 time", title=title, yscale="log")
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle(f"Local attention layers vs conv3x3, B={B} C={C} {H}x{W} fp32 ({env})", fontsize=9)
+    fig.suptitle(f"Local attention layers vs conv3x3, B={B} C={C} {H}x{W} fp32\nmade by: {made_by}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Description": f"made by: {made_by}"})
 
 
 if __name__ == "__main__":
