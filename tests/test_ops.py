@@ -1,4 +1,4 @@
-"""The local-aggregation core: gradcheck, fast == reference, FLOP formulas, convolution and dense-attention identities."""
+"""The local-aggregation core: gradcheck, fast == reference, FLOP formulas, conv and dense-attention identities."""
 import itertools
 import os
 

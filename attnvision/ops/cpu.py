@@ -45,7 +45,8 @@ def _library():
         fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so")
         os.close(fd)
         try:
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True, text=True)
+            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True,
+                           text=True)
             os.replace(tmp, lib_path)  # atomic: concurrent first uses never load a half-written library
         except (OSError, subprocess.CalledProcessError) as err:
             Path(tmp).unlink(missing_ok=True)

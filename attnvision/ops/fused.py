@@ -12,12 +12,9 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu
+from .kernels import accumulate_dtype
 
 __all__ = ["nbr_attention"]
-
-
-def _dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _prepared(dtype, *tensors):
@@ -30,7 +27,7 @@ def nbr_attention(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, rel: Opti
                   mask_h: int, mask_w: int, pad_top: int, pad_left: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """y [N,Dv,Ho,Wo] and lse [N,Ho,Wo] for q [N,D,Ho,Wo], padded kp [N,D,Hp,Wp] / vp [N,Dv,Hp,Wp], rel [G,D,K]
     and bias [G,K] (optional, sample n uses group n % G); mask_h > 0 masks neighbours outside that image."""
-    dtype = _dtype(q)
+    dtype = accumulate_dtype(q)
     q, kp, vp, rel, bias = _prepared(dtype, q, kp, vp, rel, bias)
     n, _, ho, wo = q.shape
     y = q.new_empty((n, vp.shape[1], ho, wo))
@@ -43,7 +40,8 @@ def nbr_attention(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, rel: Opti
 @nbr_attention.register_fake
 def _(q, kp, vp, rel, bias, groups, kh, kw, stride, dilation, mask_h, mask_w, pad_top, pad_left):
     n, _, ho, wo = q.shape
-    return q.new_empty((n, vp.shape[1], ho, wo), dtype=_dtype(q)), q.new_empty((n, ho, wo), dtype=_dtype(q))
+    dtype = accumulate_dtype(q)
+    return q.new_empty((n, vp.shape[1], ho, wo), dtype=dtype), q.new_empty((n, ho, wo), dtype=dtype)
 
 
 def _setup(ctx, inputs, output):
@@ -56,7 +54,7 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, dy, _dlse):
     q, kp, vp, rel, bias, y, lse = ctx.saved_tensors
     groups, kh, kw, stride, dilation, *mask = ctx.geometry
-    dtype = _dtype(q)
+    dtype = accumulate_dtype(q)
     qc, kc, vc, rc, bc, dyc = _prepared(dtype, q, kp, vp, rel, bias, dy)
     threads = torch.get_num_threads()
     dq, dkp, dvp = torch.zeros_like(qc), torch.zeros_like(kc), torch.zeros_like(vc)

@@ -18,15 +18,16 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu
 
-__all__ = ["nbr_dot", "nbr_agg", "nbr_agg_t", "nbr_macs"]
+__all__ = ["nbr_dot", "nbr_agg", "nbr_agg_t", "nbr_macs", "accumulate_dtype"]
 
 
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+def accumulate_dtype(t: torch.Tensor) -> torch.dtype:
+    """float32 for every input dtype (logits and weights stay float32 under autocast); float64 stays float64."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _run(name: str, a: torch.Tensor, b: torch.Tensor, out_shape, kh, kw, stride, dilation, hp, wp):
-    dtype = _compute_dtype(a)
+    dtype = accumulate_dtype(a)
     a, b = a.to(dtype).contiguous(), b.to(dtype).contiguous()
     if a.device.type == "cuda":
         from . import triton_nbr
@@ -60,17 +61,17 @@ def nbr_agg_t(w: torch.Tensor, u: torch.Tensor, kh: int, kw: int, stride: int, d
 
 @nbr_dot.register_fake
 def _(q, kp, kh, kw, stride, dilation):
-    return q.new_empty((q.shape[0], kh * kw, *q.shape[-2:]), dtype=_compute_dtype(q))
+    return q.new_empty((q.shape[0], kh * kw, *q.shape[-2:]), dtype=accumulate_dtype(q))
 
 
 @nbr_agg.register_fake
 def _(w, vp, kh, kw, stride, dilation):
-    return w.new_empty((w.shape[0], vp.shape[1], *w.shape[-2:]), dtype=_compute_dtype(w))
+    return w.new_empty((w.shape[0], vp.shape[1], *w.shape[-2:]), dtype=accumulate_dtype(w))
 
 
 @nbr_agg_t.register_fake
 def _(w, u, kh, kw, stride, dilation, hp, wp):
-    return u.new_empty((*u.shape[:2], hp, wp), dtype=_compute_dtype(w))
+    return u.new_empty((*u.shape[:2], hp, wp), dtype=accumulate_dtype(w))
 
 
 def _save(ctx, inputs, output):

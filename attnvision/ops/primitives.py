@@ -11,7 +11,8 @@
 
 Every primitive takes ``impl``: ``'reference'`` (pad + unfold, the oracle), ``'fast'`` (the custom ops of
 ``kernels.py``: C on CPU, Triton on CUDA, nothing k²-expanded in forward or backward; on CPU softmax attention
-runs as one fused kernel, ``fused.py``) or ``'auto'`` (fast where its kernels exist). ``set_default_impl`` or ``$AV_OPS_IMPL`` overrides the default. Relative embeddings have shape
+runs as one fused kernel, ``fused.py``) or ``'auto'`` (fast where its kernels exist). ``set_default_impl`` or
+``$AV_OPS_IMPL`` overrides the default. Relative embeddings have shape
 (G or 1, D, K): per head, or shared across heads.
 """
 import os
@@ -21,6 +22,7 @@ import torch
 
 from . import cpu, kernels, reference
 from .fused import nbr_attention
+from .kernels import accumulate_dtype
 from .footprint import Footprint
 
 __all__ = ["IMPLS", "set_default_impl", "resolve_impl", "local_logits", "local_patches", "local_subtraction",
@@ -60,11 +62,6 @@ def resolve_impl(impl: Optional[str], device: torch.device) -> str:
 
 def _kernels(impl: Optional[str], device: torch.device):
     return kernels if resolve_impl(impl, device) == "fast" else reference
-
-
-def _accumulate_dtype(t: torch.Tensor) -> torch.dtype:
-    """Logits and weights stay in float32 under autocast; float64 (gradcheck) stays float64."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _geometry(fp: Footprint):
@@ -110,7 +107,7 @@ def local_logits(q: torch.Tensor, k: torch.Tensor, fp: Footprint, num_heads: int
     hp, wp = kp.shape[-2:]
     ops = _kernels(impl, q.device)
     logits = ops.nbr_dot(q.reshape(b * g, d, ho, wo), kp.reshape(b * g, d, hp, wp), *_geometry(fp))
-    logits = logits.view(b, g, fp.num_offsets, ho, wo).to(_accumulate_dtype(q))
+    logits = logits.view(b, g, fp.num_offsets, ho, wo).to(accumulate_dtype(q))
     if rel_q is not None:
         logits = logits + torch.einsum("bgdhw,gdk->bgkhw", q.reshape(b, g, d, ho, wo).to(logits.dtype),
                                        rel_q.to(logits.dtype).expand(g, -1, -1))
@@ -167,7 +164,7 @@ def local_aggregate(weights: torch.Tensor, v: torch.Tensor, fp: Footprint, shari
 
 def local_softmax(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the footprint axis (dim 2), in float32 (float64 stays)."""
-    return logits.softmax(2, dtype=_accumulate_dtype(logits))
+    return logits.softmax(2, dtype=accumulate_dtype(logits))
 
 
 def _per_head_bias(bias: Optional[torch.Tensor], num_heads: int, k: int) -> Optional[torch.Tensor]:
@@ -204,7 +201,7 @@ def _dense_axial_attention(q, k, v, axis: str, num_heads: int, rel_q, rel_k, rel
         return t.permute(0, 2, 1, 3).reshape(b * other, num_heads, channels // num_heads, length)
 
     qs, ks, vs = lines(q, c), lines(k, c), lines(v, cv)
-    dtype = _accumulate_dtype(q)
+    dtype = accumulate_dtype(q)
     n = qs.shape[0]
     index = torch.arange(length, device=q.device)
     index = (index[None, :] - index[:, None] + length - 1).expand(n, num_heads, -1, -1)  # offset j - i, per (i, j)
