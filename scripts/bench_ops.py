@@ -4,11 +4,12 @@
     python scripts/bench_ops.py --k 7           # one kernel size          -> results/bench_ops_k7.*
     python scripts/bench_ops.py --device cuda   # on a GPU                 -> results/bench_ops_cuda.*
 
-Condition: B=8, C=64, 56×56, float32, 8 heads. Each family's spatial layer is composed from attnvision.ops as the
-paper builds it (projections included), in its reference (pad + unfold) and fast (custom kernels) versions:
-sasa (q·k + q·r, zero pad), san_pairwise (subtraction + position, γ MLP, softmax, reflect), san_patchwise
-(concatenation, γ MLP, no softmax, reflect), lr (-(q-k)² + geometry-prior MLP, masked, contiguous groups) and
-axial (height then width, global span whatever k is, q·k + q·r + k·r, values + r; measured once, repeated per k).
+Condition: B=8, C=64, 56×56, float32, 8 heads. Each family's spatial layer, projections included, in its reference
+(pad + unfold) and fast (custom kernels) versions: the SAN layers are attnvision.layers' (pairwise: subtraction +
+position, γ MLP, softmax, reflect; patchwise: concatenation, γ MLP, no softmax, reflect), the others are composed
+here from attnvision.ops as the papers build them: sasa (q·k + q·r, zero pad), lr (-(q-k)² + geometry-prior MLP,
+masked, contiguous groups) and axial (height then width, global span whatever k is, q·k + q·r + k·r, values + r;
+measured once, repeated per k).
 Forward is timed under no_grad, forward+backward with a scalar loss, with torch.utils.benchmark (warm-up, then
 blocked autorange). Peak memory is the extra memory of one forward+backward over the inputs:
 torch.cuda.max_memory_allocated on CUDA; on CPU, in a child process, the peak resident set (VmHWM, reset through
@@ -28,8 +29,8 @@ from torch import nn
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnvision.ops import (Footprint, axial_footprint, local_aggregate, local_attention, local_patches,
-                            local_softmax, local_subtraction)
+from attnvision.layers import SANPairwise, SANPatchwise
+from attnvision.ops import Footprint, axial_footprint, local_attention
 from attnvision.results.tables import write_table
 
 B, C, H, W, HEADS = 8, 64, 56, 56, 8
@@ -50,44 +51,6 @@ class SASA(nn.Module):
         k_ = self.fp.kernel_size[0]
         rel = torch.cat([self.rel_row[:, :, None].expand(-1, -1, k_), self.rel_col[:, None, :].expand(-1, k_, -1)])
         return local_attention(q, k, v, self.fp, HEADS, rel_q=rel.reshape(1, -1, k_ * k_), impl=self.impl)
-
-
-class SANPairwise(nn.Module):
-    def __init__(self, k, impl, rel=C // 16, share=8):
-        super().__init__()
-        self.fp, self.impl = Footprint(k, padding="reflect"), impl
-        self.phi, self.psi, self.beta = nn.Conv2d(C, rel, 1), nn.Conv2d(C, rel, 1), nn.Conv2d(C, C, 1)
-        self.pos = nn.Conv2d(2, 2, 1)
-        self.gamma = nn.Sequential(nn.BatchNorm2d(rel + 2), nn.ReLU(), nn.Conv2d(rel + 2, rel, 1, bias=False),
-                                   nn.BatchNorm2d(rel), nn.ReLU(), nn.Conv2d(rel, C // share, 1))
-
-    def forward(self, x):
-        b, _, h, w = x.shape
-        axes = torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device)
-        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
-        p = self.pos(grid[None])
-        phi = self.phi(x)
-        rel = local_subtraction(phi, self.psi(x), self.fp, self.impl)  # B, rel, K, H, W
-        pos = local_subtraction(p, p, self.fp, self.impl).expand(b, -1, -1, -1, -1)  # B, 2, K, H, W
-        feats = torch.cat([rel, pos], 1).flatten(2, 3)  # B, rel+2, K*H, W
-        weights = self.gamma(feats).view(b, -1, self.fp.num_offsets, h, w)  # B, C/share, K, H, W
-        return local_aggregate(local_softmax(weights), self.beta(x), self.fp, "interleaved", impl=self.impl)
-
-
-class SANPatchwise(nn.Module):
-    def __init__(self, k, impl, rel=C // 16, share=8):
-        super().__init__()
-        self.fp, self.impl = Footprint(k, padding="reflect"), impl
-        kk, wc = k * k, C // share
-        self.phi, self.psi, self.beta = nn.Conv2d(C, rel, 1), nn.Conv2d(C, rel, 1), nn.Conv2d(C, C, 1)
-        self.gamma = nn.Sequential(nn.BatchNorm2d(rel * (kk + 1)), nn.ReLU(), nn.Conv2d(rel * (kk + 1), wc, 1,
-                                   bias=False), nn.BatchNorm2d(wc), nn.ReLU(), nn.Conv2d(wc, kk * wc, 1))
-
-    def forward(self, x):
-        b, _, h, w = x.shape
-        patches = local_patches(self.psi(x), self.fp, self.impl).flatten(1, 2)  # B, rel*K, H, W
-        weights = self.gamma(torch.cat([self.phi(x), patches], 1)).view(b, -1, self.fp.num_offsets, h, w)
-        return local_aggregate(weights, self.beta(x), self.fp, "interleaved", impl=self.impl)
 
 
 class LocalRelation(nn.Module):
@@ -129,7 +92,8 @@ class Axial(nn.Module):
         return x
 
 
-FAMILIES = {"sasa": SASA, "san_pairwise": SANPairwise, "san_patchwise": SANPatchwise, "lr": LocalRelation,
+FAMILIES = {"sasa": SASA, "san_pairwise": lambda k, impl: SANPairwise(C, C, kernel_size=k, impl=impl),
+            "san_patchwise": lambda k, impl: SANPatchwise(C, C, kernel_size=k, impl=impl), "lr": LocalRelation,
             "axial": Axial}
 
 
@@ -192,8 +156,8 @@ def peak_extra_mb_cpu(layer: str, k: int, impl: str) -> float:
 
 
 def measure(layer: str, k: int, impl: str, device, min_run_time: float) -> dict:
-    # FLOPs of the layer's work as the fast kernels' formulas count it (FlopCounterMode misses the reference's
-    # broadcast multiply-and-sum), so both implementations of a layer report the same figure
+    # FLOPs as the fast kernels' formulas count them, so both implementations of a layer report one figure (the
+    # reference's local_attention adds its bias outside any counted op)
     with FlopCounterMode(display=False) as counter:
         setup(layer, k, "fast" if layer != "conv3x3" else impl, device)[0]()
     forward, forward_backward = setup(layer, k, impl, device)

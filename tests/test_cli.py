@@ -13,7 +13,9 @@ from conftest import ROOT, run_cli
     (["data.batch_size=-1"], ["data.batch_size=-1", "positive"]),
     (["data=cifar10", "data.root=/nonexistent/cifar"], ["data.root=/nonexistent/cifar", "data.download=true"]),
     (["data=imagenet", "data.root=null"], ["data.root is not set"]),
-    (["model.depth=27"], ["model.depth=27", "26, 38, 50"]),
+    (["model=resnet", "model.depth=27"], ["model.depth=27", "26, 38, 50"]),
+    (["model.depth=27"], ["model.depth=27", "san_patchwise", "10, 15, 19, test"]),
+    (["model.relation=cosine"], ["relation='cosine'", "concatenation, star, clique"]),
 ])
 def test_bad_values_give_one_line(tmp_path, args, must_name):
     proc = run_cli("train.py", *args, f"paths.log_dir={tmp_path}", "trainer.epochs=1")
@@ -35,7 +37,7 @@ def test_count_flops_json_last_line():
 
 @pytest.mark.slow
 def test_train_cli_then_tables(tmp_path):
-    args = ["model.depth=test", "data=synthetic", "trainer.epochs=1", "trainer.limit_train_batches=2",
+    args = ["model=resnet", "model.depth=test", "data=synthetic", "trainer.epochs=1", "trainer.limit_train_batches=2",
             f"paths.log_dir={tmp_path}"]
     proc = run_cli("train.py", *args)
     assert proc.returncode == 0, proc.stderr

@@ -4,12 +4,9 @@ from hydra.utils import instantiate
 
 from attnvision.config import group_options
 
-TINY = {"resnet": "test"}
-
-
 def test_groups_have_the_contract_options():
     assert set(group_options("data")) == {"digits", "cifar10", "cifar100", "imagenet", "synthetic"}
-    assert "resnet" in group_options("model")
+    assert {"resnet", "san_pairwise", "san_patchwise"} <= set(group_options("model"))
     assert {"sgd", "nesterov", "adamw"} <= set(group_options("optim"))
     assert {"cosine", "step"} <= set(group_options("sched"))
 
@@ -30,7 +27,7 @@ def test_train_config_composes(make_cfg, model, data):
 @pytest.mark.parametrize("model", group_options("model"))
 def test_every_model_config_instantiates(make_cfg, model):
     import torch
-    cfg = make_cfg(f"model={model}", f"model.depth={TINY[model]}", "data=synthetic")
+    cfg = make_cfg(f"model={model}", "model.depth=test", "data=synthetic")
     net = instantiate(cfg.model)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, cfg.data.num_classes)
 
@@ -39,7 +36,7 @@ def test_every_model_config_instantiates(make_cfg, model):
 def test_other_entry_configs_compose(make_cfg, name):
     extra = ["checkpoint=x.pt"] if name == "evaluate" else []
     cfg = make_cfg(*extra, config_name=name)
-    assert cfg.model.family == "resnet"
+    assert cfg.model.family == make_cfg().model.family == "san_patchwise"  # one default model everywhere
     if name == "count_flops":
         assert (cfg.data.image_size, cfg.data.num_classes) == (224, 1000)
 

@@ -10,7 +10,7 @@ from conftest import ROOT, run_cli
 @pytest.mark.slow
 def test_two_process_ddp_stays_in_sync(tmp_path):
     proc = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tests/ddp_worker.py",
-                   "model.depth=test", "data=synthetic", "data.num_train=64", "data.batch_size=16",
+                   "model=resnet", "model.depth=test", "data=synthetic", "data.num_train=64", "data.batch_size=16",
                    "trainer.epochs=2", "trainer.device=cpu", "trainer.progress=false", f"paths.log_dir={tmp_path}",
                    timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

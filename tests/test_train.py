@@ -11,7 +11,8 @@ from attnvision.engine.evaluate import evaluate
 from attnvision.errors import ConfigError
 from attnvision.results import comparison_table, read_rows
 
-TINY = ["data=synthetic", "model.depth=test", "data.num_train=64", "data.num_val=32", "data.batch_size=16"]
+TINY = ["data=synthetic", "model=resnet", "model.depth=test", "data.num_train=64", "data.num_val=32",
+        "data.batch_size=16"]
 REQUIRED = {"model", "data", "image_size", "epochs", "params", "macs", "top1", "top5", "train_img_per_s", "wall_s",
             "seed", "git_commit"}
 
@@ -88,7 +89,7 @@ def test_evaluate_reproduces_recorded_top1(make_cfg, tmp_path):
 
 def test_evaluate_rejects_a_checkpoint_of_another_model(make_cfg, tmp_path):
     train(make_cfg(*TINY, "trainer.epochs=1", "trainer.limit_train_batches=1"))
-    cfg = make_cfg("data=synthetic", "model.depth=26", f"checkpoint={tmp_path / 'run' / 'last.pt'}",
+    cfg = make_cfg("data=synthetic", "model=resnet", "model.depth=26", f"checkpoint={tmp_path / 'run' / 'last.pt'}",
                    config_name="evaluate", run="eval")
     with pytest.raises(ConfigError, match="holds a test_av_resnet model but .* builds av_resnet26"):
         evaluate(cfg)

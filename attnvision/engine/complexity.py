@@ -1,17 +1,65 @@
 """Parameters and multiply-adds, counted with ``torch.utils.flop_counter.FlopCounterMode``.
 
-Convention: MACs are multiply-accumulates of the convolutions, matmuls and linears that FlopCounterMode sees, at
-batch size 1 in eval mode; FLOPs = 2 × MACs (SASA's "FLOPS"). BatchNorm, activations, pooling and residual adds
-are not counted, which is how timm and Axial-DeepLab count (SAN's own counter adds them; see each family's notes).
+Conventions (``convention``):
+  - ``macs`` (default): multiply-accumulates of the convolutions, matmuls, linears and neighbourhood kernels
+    (logits and aggregation; gathers count zero) that FlopCounterMode sees, at batch size 1 in eval mode;
+    FLOPs = 2 × MACs (SASA's "FLOPS"). BatchNorm, activations, pooling, softmax, biases and residual adds are not
+    counted, which is how timm and Axial-DeepLab count.
+  - ``san``: what SAN's official counter (hszhao/SAN ``util/complexity.py``, from ptflops) reports as "Flops":
+    the above plus one op per conv-bias output, two per element through BatchNorm, one per ReLU output, one per
+    element into a max or average pool, and one per subtraction output (SAN's Subtraction ops).
 """
+import math
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-__all__ = ["Complexity", "count_complexity", "count_params", "stage_names"]
+from attnvision.errors import ConfigError
+
+__all__ = ["CONVENTIONS", "Complexity", "count_complexity", "count_params", "stage_names"]
+
+CONVENTIONS = ("macs", "san")
+aten = torch.ops.aten
+
+
+def _raw(formula):
+    formula._get_raw = True  # FlopCounterMode passes tensors, not shapes, to "raw" formulas
+    return formula
+
+
+def _ops_per_element(per_element: int, of_input: bool = False):
+    """A formula counting ``per_element`` ops per output (or input) element; FlopCounterMode sums 2 per MAC."""
+    @_raw
+    def formula(*args, out_val=None, **kwargs) -> int:
+        tensor = args[0] if of_input else (out_val[0] if isinstance(out_val, tuple) else out_val)
+        return 2 * per_element * tensor.numel()
+    return formula
+
+
+@_raw
+def _conv_with_bias(*args, out_val=None, **kwargs) -> int:
+    bias = args[2]
+    return flop_registry[aten.convolution](*args, out_val=out_val, **kwargs) + (
+        0 if bias is None else 2 * out_val.numel())
+
+
+@_raw
+def _batch_norm(x, weight, *args, out_val=None, **kwargs) -> int:
+    return 2 * (2 if weight is not None else 1) * math.prod(x.shape)
+
+
+# BatchNorm is keyed by overload too: FlopCounterMode decomposes an op whose overload is not a key before it looks
+# up the op's packet, and BatchNorm's decomposition is uncounted elementwise ops.
+SAN_COUNTER = {aten.convolution: _conv_with_bias, aten.native_batch_norm: _batch_norm,
+               aten.native_batch_norm.default: _batch_norm,
+               aten._native_batch_norm_legit_no_training: _batch_norm,
+               aten._native_batch_norm_legit_no_training.default: _batch_norm,
+               aten.relu_: _ops_per_element(1), aten.relu: _ops_per_element(1), aten.sub: _ops_per_element(1),
+               aten.max_pool2d_with_indices: _ops_per_element(1, of_input=True),
+               aten.avg_pool2d: _ops_per_element(1, of_input=True), aten.mean: _ops_per_element(1, of_input=True)}
 
 
 @dataclass
@@ -41,13 +89,15 @@ def stage_names(model: nn.Module) -> List[str]:
 
 
 @torch.no_grad()
-def count_complexity(model: nn.Module, image_size: int, in_chans: int = 3) -> Complexity:
-    """Total and per-stage parameters and MACs of ``model`` on one ``in_chans``×S×S image."""
+def count_complexity(model: nn.Module, image_size: int, in_chans: int = 3, convention: str = "macs") -> Complexity:
+    """Total and per-stage parameters and MACs (in ``convention``) of ``model`` on one ``in_chans``×S×S image."""
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"convention={convention!r} is unknown; choose one of {', '.join(CONVENTIONS)}")
     was_training = model.training
     device = next(model.parameters()).device
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=SAN_COUNTER if convention == "san" else None) as counter:
             model(torch.zeros(1, in_chans, image_size, image_size, device=device))
     finally:
         model.train(was_training)

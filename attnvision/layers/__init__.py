@@ -6,10 +6,12 @@ so a network picks one by name (``spatial_layer='conv'``) and the families regis
 from typing import Callable, Union
 
 from .conv import ConvSpatial
+from .san import SANPairwise, SANPatchwise
 
-__all__ = ["ConvSpatial", "get_spatial_layer", "register_spatial_layer", "SPATIAL_LAYERS"]
+__all__ = ["ConvSpatial", "SANPairwise", "SANPatchwise", "get_spatial_layer", "register_spatial_layer",
+           "SPATIAL_LAYERS"]
 
-SPATIAL_LAYERS: dict = {"conv": ConvSpatial}
+SPATIAL_LAYERS: dict = {"conv": ConvSpatial, "san_pairwise": SANPairwise, "san_patchwise": SANPatchwise}
 
 
 def register_spatial_layer(name: str, layer_cls: Callable) -> Callable:

@@ -5,13 +5,15 @@ import timm
 from torch import nn
 
 from attnvision.errors import ConfigError
-from . import resnet
+from . import resnet, san
 
 __all__ = ["FAMILIES", "create_model", "model_name"]
 
 # family -> {model.depth -> timm model name}; 'test' is each family's tiny CPU-test variant.
 FAMILIES: dict = {
     "resnet": {26: "av_resnet26", 38: "av_resnet38", 50: "av_resnet50", "test": "test_av_resnet"},
+    **{f"san_{a}": {10: f"san10_{a}", 15: f"san15_{a}", 19: f"san19_{a}", "test": f"test_san_{a}"}
+       for a in ("pairwise", "patchwise")},
 }
 
 

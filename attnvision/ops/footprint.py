@@ -15,6 +15,8 @@ from typing import Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from attnvision.errors import ConfigError
+
 __all__ = ["Footprint", "PADDING_MODES"]
 
 PADDING_MODES = ("zero", "reflect", "mask")
@@ -34,9 +36,9 @@ class Footprint:
     def __post_init__(self):
         object.__setattr__(self, "kernel_size", _pair(self.kernel_size))
         if self.padding not in PADDING_MODES:
-            raise ValueError(f"padding={self.padding!r} is unknown; choose one of {', '.join(PADDING_MODES)}")
+            raise ConfigError(f"padding={self.padding!r} is unknown; choose one of {', '.join(PADDING_MODES)}")
         if min(self.kernel_size) < 1 or self.stride < 1 or self.dilation < 1:
-            raise ValueError(f"kernel_size={self.kernel_size}, stride={self.stride} and dilation={self.dilation} "
+            raise ConfigError(f"kernel_size={self.kernel_size}, stride={self.stride} and dilation={self.dilation} "
                              f"must be positive")
 
     @property
@@ -57,7 +59,8 @@ class Footprint:
         if self.padding == "reflect":
             left, right, top, bottom = self.pads()
             if max(left, right) >= x.shape[-1] or max(top, bottom) >= x.shape[-2]:
-                raise ValueError(f"reflect padding {self.pads()} needs an input larger than {tuple(x.shape[-2:])}")
+                raise ConfigError(f"reflect padding {self.pads()} of a {self.kernel_size} footprint needs an input "
+                                  f"larger than {tuple(x.shape[-2:])}; use a smaller kernel_size or padding=zero|mask")
             return F.pad(x, self.pads(), mode="reflect")
         return F.pad(x, self.pads())
 

@@ -6,11 +6,13 @@ padded Hp×Wp images, everything else lives on the Ho×Wo output grid; nbr(y,x,o
     nbr_dot(q[N,D,Ho,Wo], kp[N,D,Hp,Wp])  -> [N,K,Ho,Wo]   sum_d q * kp[nbr]          (logits, relations)
     nbr_agg(w[N,K,Ho,Wo], vp[N,D,Hp,Wp])  -> [N,D,Ho,Wo]   sum_o w * vp[nbr]          (aggregation)
     nbr_agg_t(w[N,K,Ho,Wo], u[N,D,Ho,Wo]) -> [N,D,Hp,Wp]   scatter of w * u onto nbr  (adjoint of both)
+    nbr_gather(xp[N,1,Hp,Wp])             -> [N,K,Ho,Wo]   xp[nbr]                    (patches, a 1-channel nbr_dot)
 
 Each one's gradients are the other two (dq = agg(dout, kp), dkp = agg_t(dout, q), dw = dot(dy, vp),
 dvp = agg_t(w, dy), and for agg_t: dw = dot(u, dout), du = agg(w, dout)), so forward and backward never
 materialise a k²-expanded tensor, and double backward works. Devices: CPU runs the C kernels of ``cpu.py``, CUDA
-the Triton kernels of ``triton_nbr.py``. float16/bfloat16 inputs are computed in float32 and returned as float32,
+the Triton kernels of ``triton_nbr.py``. ``nbr_gather`` moves data without arithmetic, so it has no FLOP formula,
+like ``F.unfold``. float16/bfloat16 inputs are computed in float32 and returned as float32,
 so attention logits stay in float32 under autocast.
 """
 import torch
@@ -18,7 +20,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu
 
-__all__ = ["nbr_dot", "nbr_agg", "nbr_agg_t", "nbr_macs", "accumulate_dtype"]
+__all__ = ["nbr_dot", "nbr_agg", "nbr_agg_t", "nbr_gather", "nbr_macs", "accumulate_dtype"]
 
 
 def accumulate_dtype(t: torch.Tensor) -> torch.dtype:
@@ -59,6 +61,12 @@ def nbr_agg_t(w: torch.Tensor, u: torch.Tensor, kh: int, kw: int, stride: int, d
     return _run("nbr_agg_t", w, u, (n, d, hp, wp), kh, kw, stride, dilation, hp, wp)
 
 
+@torch.library.custom_op("attnvision::nbr_gather", mutates_args=())
+def nbr_gather(xp: torch.Tensor, kh: int, kw: int, stride: int, dilation: int, ho: int, wo: int) -> torch.Tensor:
+    ones = xp.new_ones((xp.shape[0], 1, ho, wo))
+    return _run("nbr_dot", ones, xp, (xp.shape[0], kh * kw, ho, wo), kh, kw, stride, dilation, *xp.shape[-2:])
+
+
 @nbr_dot.register_fake
 def _(q, kp, kh, kw, stride, dilation):
     return q.new_empty((q.shape[0], kh * kw, *q.shape[-2:]), dtype=accumulate_dtype(q))
@@ -72,6 +80,11 @@ def _(w, vp, kh, kw, stride, dilation):
 @nbr_agg_t.register_fake
 def _(w, u, kh, kw, stride, dilation, hp, wp):
     return u.new_empty((*u.shape[:2], hp, wp), dtype=accumulate_dtype(w))
+
+
+@nbr_gather.register_fake
+def _(xp, kh, kw, stride, dilation, ho, wo):
+    return xp.new_empty((xp.shape[0], kh * kw, ho, wo), dtype=accumulate_dtype(xp))
 
 
 def _save(ctx, inputs, output):
@@ -108,9 +121,21 @@ def _nbr_agg_t_backward(ctx, dout):
     return _cast(dw, w), _cast(du, u), None, None, None, None, None, None
 
 
+def _save_gather(ctx, inputs, output):
+    xp, kh, kw, stride, dilation = inputs[:5]
+    ctx.padded_shape, ctx.dtype, ctx.geometry = xp.shape, xp.dtype, (kh, kw, stride, dilation)
+
+
+def _nbr_gather_backward(ctx, dout):
+    ones = dout.new_ones((dout.shape[0], 1, *dout.shape[-2:]))
+    dxp = nbr_agg_t(dout, ones, *ctx.geometry, *ctx.padded_shape[-2:])
+    return dxp.to(ctx.dtype), None, None, None, None, None, None
+
+
 nbr_dot.register_autograd(_nbr_dot_backward, setup_context=_save)
 nbr_agg.register_autograd(_nbr_agg_backward, setup_context=_save)
 nbr_agg_t.register_autograd(_nbr_agg_t_backward, setup_context=_save)
+nbr_gather.register_autograd(_nbr_gather_backward, setup_context=_save_gather)
 
 
 def nbr_macs(n: int, d: int, k: int, ho: int, wo: int) -> int:

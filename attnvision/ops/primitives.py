@@ -124,8 +124,8 @@ def local_patches(x: torch.Tensor, fp: Footprint, impl: Optional[str] = None) ->
     kh, kw, s, dil = _geometry(fp)
     if resolve_impl(impl, x.device) == "reference":
         return reference.unfold_padded(xp, kh, kw, s, dil, ho, wo)
-    ones = xp.new_ones(b * c, 1, ho, wo)  # a 1-channel nbr_dot is a pure gather
-    return kernels.nbr_dot(ones, xp.reshape(b * c, 1, *xp.shape[-2:]), kh, kw, s, dil).view(b, c, kh * kw, ho, wo)
+    patches = kernels.nbr_gather(xp.reshape(b * c, 1, *xp.shape[-2:]), kh, kw, s, dil, ho, wo)
+    return patches.view(b, c, kh * kw, ho, wo)
 
 
 def local_subtraction(x_center: torch.Tensor, x: torch.Tensor, fp: Footprint,

@@ -1,7 +1,8 @@
 """Reference neighbourhood kernels in plain PyTorch (``F.unfold``): the test oracle of the fast kernels.
 
 Same contract as the fast kernels (see ``kernels.py``): contiguous N×D×... tensors, padded images, window offset
-o = oy*kw + ox. They materialise the unfolded N×D×K×Ho×Wo tensor, which is exactly what the fast path avoids.
+o = oy*kw + ox. They materialise the unfolded N×D×K×Ho×Wo tensor, which is exactly what the fast path avoids. The
+products are einsums, so ``FlopCounterMode`` counts the multiply-adds the fast kernels' formulas register.
 """
 import torch
 import torch.nn.functional as F
@@ -20,13 +21,13 @@ def unfold_padded(xp: torch.Tensor, kh: int, kw: int, stride: int, dilation: int
 def nbr_dot(q, kp, kh, kw, stride, dilation):
     """out[n,o,y,x] = sum_d q[n,d,y,x] * kp[n,d,nbr(y,x,o)]."""
     ho, wo = q.shape[-2:]
-    return (q.unsqueeze(2) * unfold_padded(kp, kh, kw, stride, dilation, ho, wo)).sum(1)
+    return torch.einsum("ndyx,ndkyx->nkyx", q, unfold_padded(kp, kh, kw, stride, dilation, ho, wo))
 
 
 def nbr_agg(w, vp, kh, kw, stride, dilation):
     """out[n,d,y,x] = sum_o w[n,o,y,x] * vp[n,d,nbr(y,x,o)]."""
     ho, wo = w.shape[-2:]
-    return (w.unsqueeze(1) * unfold_padded(vp, kh, kw, stride, dilation, ho, wo)).sum(2)
+    return torch.einsum("nkyx,ndkyx->ndyx", w, unfold_padded(vp, kh, kw, stride, dilation, ho, wo))
 
 
 def nbr_agg_t(w, u, kh, kw, stride, dilation, hp, wp):

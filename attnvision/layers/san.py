@@ -1,0 +1,206 @@
+"""SAN's vector self-attention: pairwise and patchwise, y_i = sum_{j in R(i)} α_ij ⊙ β(x_j).
+
+"Exploring Self-attention for Image Recognition", Zhao, Jia, Koltun, CVPR 2020 - https://arxiv.org/abs/2004.13621
+Official code: https://github.com/hszhao/SAN (``model/san.py``, the SAM module).
+
+Pairwise: α_ij = γ(δ(x_i, x_j)), δ one of summation, subtraction (default), concatenation, Hadamard or dot product of
+φ(x_i) and ψ(x_j), with the relative position encoding p_i - p_j concatenated when ``position_encoding`` is on.
+Patchwise: α_i = γ(δ(x_R(i))), one weight vector per footprint location computed from the whole patch, δ one of
+star-product [φ(x_i)·ψ(x_j)]_j, clique-product [φ(x_j)·ψ(x_k)]_jk or concatenation (default) [φ(x_i), ψ(x_j)_j].
+
+Status, against the official code (hszhao/SAN @ d88b022), whose choices are the defaults here:
+  - γ is BN → ReLU → 1×1 conv, repeated ``mapping_depth`` times (2 by default); the hidden convs have no bias, the
+    last has one. The paper writes γ as Linear → ReLU → Linear without the BatchNorms the code has; we follow the
+    code. γ's hidden width is C/16 for pairwise and C/32 (the weight channels) for patchwise, as in the code; each
+    layer beyond two adds a hidden layer of width C/16 at the front. The paper gives no widths for its 1- and
+    3-layer γ; this rule reproduces its Table 5 parameter counts (patchwise 3-layer: 12.7M).
+  - Normalisation of α: softmax over the footprint for pairwise, none for patchwise (the code; the paper leaves it
+    open). ``normalization`` switches either ('softmax' | 'none').
+  - Position encoding (pairwise only, as in the paper): linspace(-1, 1) x then y coordinates of the layer's input
+    grid through a learned 1×1 conv 2→2, and p_i - p_j gathered with the layer's border mode. Its bias cancels in
+    the difference but is kept, so parameter counts equal the code's.
+  - Weight channels: C_out / ``share_planes`` maps, each shared by ``share_planes`` β channels interleaved
+    (channel c uses map c mod C_out/share_planes), as the official Aggregation kernel does.
+  - Relations other than the official two (subtraction + position encoding, concatenation) follow the paper's
+    definitions; the star and dot products are full dot products over the C/16 channels of φ and ψ, which
+    reproduces the paper's Table 4 parameter counts.
+  - Stride (unused by SAN, whose blocks never stride) samples the window centres, and φ(x_i) there.
+  - φ, ψ and β keep the code's three 1×1 convs with bias as parameters, but run as one convolution with their
+    weights concatenated (same result, one pass over x).
+
+Border semantics (``padding``): ``reflect`` (default, the code's pad_mode=1: the image mirrored without repeating
+the edge, as ``F.pad(mode='reflect')``), ``zero`` (out-of-image neighbours are zero features that stay in the
+relation, the softmax and the sum) or ``mask`` (zero features in the relation, but their weights are excluded:
+-inf before the softmax, zero without one).
+"""
+from dataclasses import replace
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnvision.errors import ConfigError
+from attnvision.ops import Footprint, local_aggregate, local_logits, local_patches, local_softmax, local_subtraction
+
+__all__ = ["SANPairwise", "SANPatchwise", "PAIRWISE_RELATIONS", "PATCHWISE_RELATIONS", "NORMALIZATIONS"]
+
+PAIRWISE_RELATIONS = ("subtraction", "summation", "concatenation", "hadamard", "dot")
+PATCHWISE_RELATIONS = ("concatenation", "star", "clique")
+NORMALIZATIONS = ("softmax", "none")
+
+
+def _check(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is unknown; choose one of {', '.join(map(str, allowed))}")
+
+
+def mapping_gamma(in_chs: int, hidden: list, out_chs: int) -> nn.Sequential:
+    """γ: (BN → ReLU → 1×1 conv) per layer through the ``hidden`` widths; only the last conv has a bias."""
+    widths = [in_chs, *hidden, out_chs]
+    layers = []
+    for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers += [nn.BatchNorm2d(w_in), nn.ReLU(inplace=True), nn.Conv2d(w_in, w_out, 1, bias=i == len(hidden))]
+    return nn.Sequential(*layers)
+
+
+class _VectorAttention(nn.Module):
+    """What both SAN operators share: φ, ψ (C → C/16) and β (C → C_out) 1×1 convs with bias, γ, the footprint, the
+    weight normalisation and the interleaved aggregation. Subclasses build δ, size γ, and define
+    ``mapped_relations(phi, psi)``: γ(δ) as B × C_out/share × K × Ho × Wo, before masking and normalisation."""
+
+    relations: tuple = ()
+    default_normalization: str = ""
+
+    def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 7, num_heads: Optional[int] = None,
+                 dilation: int = 1, share_planes: int = 8, rel_planes: Optional[int] = None,
+                 relation: Optional[str] = None, mapping_depth: int = 2, normalization: Optional[str] = None,
+                 padding: str = "reflect", impl: Optional[str] = None):
+        super().__init__()
+        self.relation = relation or self.relations[0]
+        self.normalization = normalization or self.default_normalization
+        _check("relation", self.relation, self.relations)
+        _check("normalization", self.normalization, NORMALIZATIONS)
+        if mapping_depth < 1:
+            raise ConfigError(f"mapping_depth={mapping_depth} must be at least 1 (the number of linear layers in γ)")
+        self.mapping_depth = mapping_depth
+        self.num_weights = num_heads or dim_out // share_planes  # weight channels C_out / share_planes
+        self.rel_planes = rel_planes or dim // 16
+        if self.num_weights < 1 or dim_out % self.num_weights or self.rel_planes < 1:
+            raise ConfigError(f"dim={dim}, dim_out={dim_out} do not fit share_planes={share_planes} "
+                             f"(num_heads={num_heads}) and rel_planes={rel_planes}")
+        self.footprint = Footprint(kernel_size, stride, dilation, padding)
+        # δ sees zero-padded neighbours in mask mode; the mask then applies to the weights
+        self.relation_footprint = replace(self.footprint, padding="zero") if padding == "mask" else self.footprint
+        self.impl = impl
+        self.phi = nn.Conv2d(dim, self.rel_planes, 1)
+        self.psi = nn.Conv2d(dim, self.rel_planes, 1)
+        self.beta = nn.Conv2d(dim, dim_out, 1)
+
+    def _centres(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.footprint.stride
+        return x if s == 1 else x[..., ::s, ::s]
+
+    def project(self, x: torch.Tensor) -> tuple:
+        """φ(x), ψ(x), β(x) as one 1×1 convolution: x is read (and cast under autocast) once, not three times."""
+        weight = torch.cat([self.phi.weight, self.psi.weight, self.beta.weight])
+        bias = torch.cat([self.phi.bias, self.psi.bias, self.beta.bias])
+        return F.conv2d(x, weight, bias).split([self.rel_planes, self.rel_planes, self.beta.out_channels], 1)
+
+    def weights(self, x: torch.Tensor, projections: Optional[tuple] = None) -> torch.Tensor:
+        """B × C_out/share × K × Ho × Wo attention weights α: γ(δ), masked and normalised over the footprint."""
+        phi, psi, _ = projections or self.project(x)
+        weights = self.mapped_relations(phi, psi)
+        if self.footprint.padding == "mask":
+            valid = self.footprint.valid_mask(*x.shape[-2:], x.device)  # K, Ho, Wo
+            weights = weights.masked_fill(~valid, float("-inf") if self.normalization == "softmax" else 0.)
+        return local_softmax(weights) if self.normalization == "softmax" else weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projections = self.project(x)
+        return local_aggregate(self.weights(x, projections), projections[2], self.footprint, "interleaved",
+                               impl=self.impl)
+
+
+class SANPairwise(_VectorAttention):
+    """Pairwise vector attention, the SAM module of SAN with ``sa_type=0``.
+
+    Widths (C = ``dim``): φ, ψ: C → C/16 (``rel_planes``); β: C → ``dim_out``; δ has C/16 channels (2·C/16 for
+    concatenation, 1 for the dot product), plus 2 with position encoding; γ: δ → C/16 → ``dim_out`` /
+    ``share_planes`` weight channels, one weight per footprint offset each. ``num_heads``, when given, sets the
+    number of weight channels directly (the spatial-layer signature's name for it).
+    """
+
+    relations = PAIRWISE_RELATIONS
+    default_normalization = "softmax"
+
+    def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 7, num_heads: Optional[int] = None,
+                 position_encoding: bool = True, **kwargs):
+        super().__init__(dim, dim_out, stride, kernel_size, num_heads, **kwargs)
+        rel = self.rel_planes
+        delta = {"concatenation": 2 * rel, "dot": 1}.get(self.relation, rel) + (2 if position_encoding else 0)
+        self.position = nn.Conv2d(2, 2, 1) if position_encoding else None
+        self.gamma = mapping_gamma(delta, [rel] * (self.mapping_depth - 1), self.num_weights)
+
+    def _position_encoding(self, x: torch.Tensor) -> torch.Tensor:
+        """1 × 2 × K × Ho × Wo relative positions p_i - p_j of the learned coordinate map p of x's grid."""
+        height, width = x.shape[-2:]
+        axes = (torch.linspace(-1., 1., width, device=x.device), torch.linspace(-1., 1., height, device=x.device))
+        grid = torch.stack(torch.meshgrid(*axes, indexing="xy"))[None].to(self.position.weight.dtype)  # 1, 2, H, W
+        p = self.position(grid)
+        return local_subtraction(self._centres(p), p, self.relation_footprint, self.impl)
+
+    def mapped_relations(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        fp = self.relation_footprint
+        q, k = self._centres(phi), psi  # q: B, C/16, Ho, Wo; k: B, C/16, H, W
+        if self.relation == "subtraction":
+            delta = local_subtraction(q, k, fp, self.impl)  # B, C/16, K, Ho, Wo
+        elif self.relation == "dot":
+            delta = local_logits(q, k, fp, 1, impl=self.impl)  # B, 1, K, Ho, Wo
+        else:
+            patches = local_patches(k, fp, self.impl).to(q.dtype)  # B, C/16, K, Ho, Wo
+            centre = q.unsqueeze(2).expand_as(patches)
+            delta = {"summation": lambda: centre + patches, "hadamard": lambda: centre * patches,
+                     "concatenation": lambda: torch.cat([centre, patches], 1)}[self.relation]()
+        if self.position is not None:
+            pos = self._position_encoding(psi).expand(psi.shape[0], -1, -1, -1, -1)
+            delta = torch.cat([delta, pos], 1)  # B, δ + 2, K, Ho, Wo
+        b, c, k_, ho, wo = delta.shape
+        weights = self.gamma(delta.reshape(b, c, k_, ho * wo))  # B, C_out/share, K, Ho*Wo
+        return weights.reshape(b, self.num_weights, k_, ho, wo)
+
+
+class SANPatchwise(_VectorAttention):
+    """Patchwise vector attention, the SAM module of SAN with ``sa_type=1``.
+
+    Widths (C = ``dim``, K = k², G = ``dim_out`` / ``share_planes``): φ, ψ: C → C/16; β: C → ``dim_out``; δ has
+    C/16·(K+1) channels for concatenation, K for the star product, K² for the clique product; γ: δ → G → K·G,
+    read as G weight channels × K footprint locations.
+    """
+
+    relations = PATCHWISE_RELATIONS
+    default_normalization = "none"
+
+    def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 7, num_heads: Optional[int] = None,
+                 **kwargs):
+        super().__init__(dim, dim_out, stride, kernel_size, num_heads, **kwargs)
+        k, rel, g = self.footprint.num_offsets, self.rel_planes, self.num_weights
+        delta = {"concatenation": rel * (k + 1), "star": k, "clique": k * k}[self.relation]
+        hidden = [rel] * (self.mapping_depth - 2) + [g] * (self.mapping_depth > 1)
+        self.gamma = mapping_gamma(delta, hidden, k * g)
+
+    def mapped_relations(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        fp = self.relation_footprint
+        if self.relation == "clique":
+            phi = local_patches(phi, fp, self.impl)  # B, C/16, K, Ho, Wo
+            psi = local_patches(psi, fp, self.impl).to(phi.dtype)
+            delta = torch.einsum("bcjhw,bckhw->bjkhw", phi, psi).flatten(1, 2)  # B, K*K, Ho, Wo
+        elif self.relation == "star":
+            delta = local_logits(self._centres(phi), psi, fp, 1, impl=self.impl).flatten(1, 2)  # B, K, Ho, Wo
+        else:
+            phi = self._centres(phi)
+            patches = local_patches(psi, fp, self.impl).to(phi.dtype).flatten(1, 2)  # B, C/16*K, Ho, Wo
+            delta = torch.cat([phi, patches], 1)  # B, C/16*(K+1), Ho, Wo
+        weights = self.gamma(delta)  # B, G*K, Ho, Wo
+        b, _, ho, wo = weights.shape
+        return weights.reshape(b, self.num_weights, self.footprint.num_offsets, ho, wo)

@@ -1,0 +1,84 @@
+"""Training-step time of whole models, side by side, relative to the first one (the baseline).
+
+    python scripts/bench_models.py                          # ResNet-26 vs SAN10 at 32 and 224 px, batch 8, CPU
+    python scripts/bench_models.py --models av_resnet26 san10_patchwise --image-size 224 --device cuda
+
+One step = forward, label-smoothed cross-entropy, backward and an SGD update, as the trainer runs it (bf16
+autocast and channels-last by default). Inputs of 64 px or less use each model's small-image variant
+(``small_stem=True``), as the trainer does for digits and CIFAR. Steps are timed with torch.utils.benchmark after
+warm-up steps; the table gives the median and the ratio to the first model at the same size. Writes
+results/bench_models[_cuda].{csv,md} (or ``--out``), each naming the command that made it.
+"""
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import pandas as pd
+import timm
+import torch
+import torch.nn.functional as F
+from torch.utils import benchmark
+
+import attnvision.models  # noqa: F401  (registers the models with timm)
+from attnvision.results.tables import write_table
+
+
+def step_ms(name: str, image_size: int, batch: int, device: torch.device, precision: str, min_run_time: float):
+    """Median milliseconds of one training step of timm model ``name``."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10, small_stem=image_size <= 64).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(batch, 3, image_size, image_size, device=device).to(memory_format=torch.channels_last)
+    target = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(x), target, label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(2):
+        step()
+    timer = benchmark.Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["av_resnet26", "san10_patchwise", "san10_pairwise"],
+                        help="timm names; the first is the baseline")
+    parser.add_argument("--image-size", type=int, nargs="+", default=[32, 224])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per measurement")
+    parser.add_argument("--out", default=None, help="output stem (default results/bench_models[_cuda])")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    hw = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
+    env = f"torch {torch.__version__}, {torch.get_num_threads()} threads, {hw}"
+    rows = []
+    for size in args.image_size:
+        for name in args.models:
+            ms = step_ms(name, size, args.batch, device, args.precision, args.min_run_time)
+            rows.append({"model": name, "image_size": size, "batch": args.batch, "precision": args.precision,
+                         "step_ms": round(ms, 1), "img_per_s": round(args.batch / ms * 1e3, 1)})
+            print(rows[-1], flush=True)
+    df = pd.DataFrame(rows)
+    baseline = df[df.model == args.models[0]].set_index("image_size").step_ms
+    df["ratio_to_" + args.models[0]] = (df.step_ms / df.image_size.map(baseline)).round(2)
+    stem = args.out or "results/bench_models" + ("_cuda" if device.type == "cuda" else "")
+    command = "python scripts/bench_models.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for path in write_table(df, stem, f"{command.strip()} ({env})"):
+        print(f"wrote {path}")
+    print(df.to_markdown(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
