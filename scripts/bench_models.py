@@ -10,7 +10,6 @@ warm-up steps; the table gives the median and the ratio to the first model at th
 results/bench_models[_cuda].{csv,md} (or ``--out``), each naming the command that made it.
 """
 import argparse
-import platform
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils import benchmark
 
 import attnvision.models  # noqa: F401  (registers the models with timm)
-from attnvision.results.tables import write_table
+from attnvision.results.tables import machine, write_table
 
 
 def step_ms(name: str, image_size: int, batch: int, device: torch.device, precision: str, min_run_time: float):
@@ -60,8 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="output stem (default results/bench_models[_cuda])")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    hw = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    env = f"torch {torch.__version__}, {torch.get_num_threads()} threads, {hw}"
+    env = machine(device)
     rows = []
     for size in args.image_size:
         for name in args.models:

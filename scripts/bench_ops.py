@@ -18,7 +18,6 @@ setting slows allocation, so the timings run without it).
 """
 import argparse
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attnvision.layers import SANPairwise, SANPatchwise
 from attnvision.ops import Footprint, axial_footprint, local_attention
-from attnvision.results.tables import write_table
+from attnvision.results.tables import machine, write_table
 
 B, C, H, W, HEADS = 8, 64, 56, 56, 8
 LAYERS = ("conv3x3", "sasa", "san_pairwise", "san_patchwise", "lr", "axial")
@@ -183,10 +182,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     stem = args.out or "results/bench_ops" + (f"_k{args.k[0]}" if len(args.k) == 1 else "") + \
         ("_cuda" if device.type == "cuda" else "")
-    cpu_name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), platform.processor())
-    hw = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name
-    env = f"torch {torch.__version__}, {torch.get_num_threads()} threads, {hw}"
+    env = machine(device)
     print(f"B={B} C={C} {H}x{W} fp32 heads={HEADS} | {env}", flush=True)
 
     rows = []

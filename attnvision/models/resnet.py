@@ -17,9 +17,11 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 from timm.layers import ClassifierHead, DropPath
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from attnvision.layers import get_spatial_layer
+
+from .base import StagedClassifier, imagenet_cfg
 
 __all__ = ["Bottleneck", "ResNet"]
 
@@ -74,7 +76,7 @@ def make_stem(in_chans: int, stem_width: int, small_stem: bool, norm_layer: Call
     return nn.Sequential(conv, norm_layer(stem_width), act_layer(inplace=True), pool)
 
 
-class ResNet(nn.Module):
+class ResNet(StagedClassifier):
     """Bottleneck ResNet whose k×k spatial operator is chosen by name.
 
     Widths: the stem outputs ``stem_width`` channels; stage i has ``widths[i]`` planes inside its blocks and
@@ -135,50 +137,16 @@ class ResNet(nn.Module):
                 if isinstance(m, Bottleneck):
                     m.zero_init_last()
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.stages, x)
-        return self.stages(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
     return build_model_with_cfg(ResNet, variant, pretrained, **kwargs)
 
 
-def _cfg(**kwargs) -> dict:
-    return {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
-            "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-            "first_conv": "stem.0", "classifier": "head.fc", **kwargs}
-
-
 default_cfgs = generate_default_cfgs({
-    "av_resnet26": _cfg(),
-    "av_resnet38": _cfg(),
-    "av_resnet50": _cfg(),
-    "test_av_resnet": _cfg(input_size=(3, 32, 32), pool_size=(4, 4)),
+    "av_resnet26": imagenet_cfg(),
+    "av_resnet38": imagenet_cfg(),
+    "av_resnet50": imagenet_cfg(),
+    "test_av_resnet": imagenet_cfg(input_size=(3, 32, 32), pool_size=(4, 4)),
 })
 
 

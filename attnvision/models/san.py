@@ -26,10 +26,12 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 from timm.layers import ClassifierHead, DropPath
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from attnvision.errors import ConfigError
 from attnvision.layers.san import SANPairwise, SANPatchwise
+
+from .base import StagedClassifier, imagenet_cfg
 
 __all__ = ["SANBlock", "SAN"]
 
@@ -61,7 +63,7 @@ class SANBlock(nn.Module):
         return x + self.drop_path(self.conv(out))
 
 
-class SAN(nn.Module):
+class SAN(StagedClassifier):
     """SAN: 1×1 stem, then five (transition, self-attention blocks, BN-ReLU) stages and a linear classifier.
 
     Args:
@@ -120,48 +122,14 @@ class SAN(nn.Module):
                 if isinstance(m, SANBlock):
                     m.zero_init_last()
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.stages, x)
-        return self.stages(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 def _create_san(variant: str, pretrained: bool = False, **kwargs) -> SAN:
     return build_model_with_cfg(SAN, variant, pretrained, **kwargs)
 
 
-def _cfg(**kwargs) -> dict:
-    return {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.875,
-            "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-            "first_conv": "stem.0", "classifier": "head.fc", **kwargs}
-
-
 default_cfgs = generate_default_cfgs({
-    **{f"san{d}_{a}": _cfg() for d in (10, 15, 19) for a in ATTENTIONS},
-    **{f"test_san_{a}": _cfg(input_size=(3, 32, 32), pool_size=(4, 4)) for a in ATTENTIONS},
+    **{f"san{d}_{a}": imagenet_cfg() for d in (10, 15, 19) for a in ATTENTIONS},
+    **{f"test_san_{a}": imagenet_cfg(input_size=(3, 32, 32), pool_size=(4, 4)) for a in ATTENTIONS},
 })
 
 SAN10, SAN15, SAN19 = (2, 1, 2, 4, 1), (3, 2, 3, 5, 2), (3, 3, 4, 6, 3)
