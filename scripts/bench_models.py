@@ -6,7 +6,9 @@
 One step = forward, label-smoothed cross-entropy, backward and an SGD update, as the trainer runs it (bf16
 autocast and channels-last by default). Inputs of 64 px or less use each model's small-image variant
 (``small_stem=True``), as the trainer does for digits and CIFAR. Steps are timed with torch.utils.benchmark after
-warm-up steps; the table gives the median and the ratio to the first model at the same size. Writes
+warm-up steps, in ``--rounds`` rounds that each time every model in turn (so a slow spell of a shared machine hits
+all of them); the table gives the median over rounds, the spread (max/min) and the ratio of medians to the first
+model at the same size. Writes
 results/bench_models[_cuda].{csv,md} (or ``--out``), each naming the command that made it.
 """
 import argparse
@@ -23,8 +25,8 @@ import attnvision.models  # noqa: F401  (registers the models with timm)
 from attnvision.results.tables import machine, write_table
 
 
-def step_ms(name: str, image_size: int, batch: int, device: torch.device, precision: str, min_run_time: float):
-    """Median milliseconds of one training step of timm model ``name``."""
+def step_timer(name: str, image_size: int, batch: int, device: torch.device, precision: str):
+    """A ``benchmark.Timer`` of one training step of timm model ``name``, after two warm-up steps."""
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, small_stem=image_size <= 64).to(device)
     model = model.to(memory_format=torch.channels_last)
@@ -43,8 +45,7 @@ def step_ms(name: str, image_size: int, batch: int, device: torch.device, precis
 
     for _ in range(2):
         step()
-    timer = benchmark.Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+    return benchmark.Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
 
 
 def main(argv=None) -> int:
@@ -56,16 +57,23 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per model, interleaved")
     parser.add_argument("--out", default=None, help="output stem (default results/bench_models[_cuda])")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     env = machine(device)
     rows = []
     for size in args.image_size:
-        for name in args.models:
-            ms = step_ms(name, size, args.batch, device, args.precision, args.min_run_time)
+        timers = {name: step_timer(name, size, args.batch, device, args.precision) for name in args.models}
+        times = {name: [] for name in args.models}
+        for _ in range(args.rounds):
+            for name, timer in timers.items():
+                times[name].append(timer.blocked_autorange(min_run_time=args.min_run_time).median * 1e3)
+        for name, ms in times.items():
+            median = sorted(ms)[len(ms) // 2]
             rows.append({"model": name, "image_size": size, "batch": args.batch, "precision": args.precision,
-                         "step_ms": round(ms, 1), "img_per_s": round(args.batch / ms * 1e3, 1)})
+                         "step_ms": round(median, 1), "spread": round(max(ms) / min(ms), 2),
+                         "img_per_s": round(args.batch / median * 1e3, 1)})
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     baseline = df[df.model == args.models[0]].set_index("image_size").step_ms

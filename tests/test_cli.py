@@ -35,6 +35,17 @@ def test_count_flops_json_last_line():
                       "macs": 4_089_184_256, "flops": 8_178_368_512}
 
 
+def test_count_flops_san_convention_and_bad_convention():
+    args = ["count_flops.py", "model=san_patchwise", "model.depth=10", "format=json"]
+    proc = run_cli(*args, "convention=san")
+    assert proc.returncode == 0, proc.stderr
+    totals = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (totals["params"], totals["macs"], totals["convention"]) == (11_841_124, 1_865_421_568, "san")
+    proc = run_cli(*args, "convention=ptflops")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and lines == ["error: convention='ptflops' is unknown; choose one of macs, san"]
+
+
 @pytest.mark.slow
 def test_train_cli_then_tables(tmp_path):
     args = ["model=resnet", "model.depth=test", "data=synthetic", "trainer.epochs=1", "trainer.limit_train_batches=2",

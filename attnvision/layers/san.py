@@ -18,7 +18,8 @@ Status, against the official code (hszhao/SAN @ d88b022), whose choices are the 
     open). ``normalization`` switches either ('softmax' | 'none').
   - Position encoding (pairwise only, as in the paper): linspace(-1, 1) x then y coordinates of the layer's input
     grid through a learned 1×1 conv 2→2, and p_i - p_j gathered with the layer's border mode. Its bias cancels in
-    the difference but is kept, so parameter counts equal the code's.
+    the difference, as the bias of γ's last conv cancels in the pairwise softmax; both are kept, so parameter
+    counts equal the code's.
   - Weight channels: C_out / ``share_planes`` maps, each shared by ``share_planes`` β channels interleaved
     (channel c uses map c mod C_out/share_planes), as the official Aggregation kernel does.
   - Relations other than the official two (subtraction + position encoding, concatenation) follow the paper's
