@@ -30,7 +30,21 @@ def main_process_only(value):
     return value if world_from_env().is_main else None
 
 
+def architecture(model_cfg) -> str:
+    """The timm name ``model`` builds (``av_resnet26``, ``sasa_resnet26_attn_stem``...), without building it; for
+    run directory names. Bad values fall back to ``<family><depth>``: they fail, with one line, when the model is
+    built (Hydra resolves the run directory before our error handling runs)."""
+    from attnvision.models import FAMILIES, model_name
+    family = model_cfg.family
+    choices = {key: model_cfg[key] for key in getattr(FAMILIES.get(family), "choices", {}) if key in model_cfg}
+    try:
+        return model_name(family, model_cfg.depth, **choices)
+    except ConfigError:
+        return f"{family}{model_cfg.depth}"
+
+
 OmegaConf.register_new_resolver("av_stamp", run_stamp, replace=True)
+OmegaConf.register_new_resolver("av_arch", architecture, replace=True)
 OmegaConf.register_new_resolver("av_main_only", main_process_only, replace=True)
 
 

@@ -1,6 +1,6 @@
 """Training-step time of whole models, side by side, relative to the first one (the baseline).
 
-    python scripts/bench_models.py                          # ResNet-26 vs SAN10 at 32 and 224 px, batch 8, CPU
+    python scripts/bench_models.py                          # ResNet-26 vs SASA-26, SAN10: 32 and 224 px, batch 8
     python scripts/bench_models.py --models av_resnet26 san10_patchwise --image-size 224 --device cuda
 
 One step = forward, label-smoothed cross-entropy, backward and an SGD update, as the trainer runs it (bf16
@@ -50,7 +50,8 @@ def step_timer(name: str, image_size: int, batch: int, device: torch.device, pre
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["av_resnet26", "san10_patchwise", "san10_pairwise"],
+    parser.add_argument("--models", nargs="+",
+                        default=["av_resnet26", "sasa_resnet26", "san10_patchwise", "san10_pairwise"],
                         help="timm names; the first is the baseline")
     parser.add_argument("--image-size", type=int, nargs="+", default=[32, 224])
     parser.add_argument("--batch", type=int, default=8)

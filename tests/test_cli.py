@@ -16,6 +16,8 @@ from conftest import ROOT, run_cli
     (["model=resnet", "model.depth=27"], ["model.depth=27", "26, 38, 50"]),
     (["model.depth=27"], ["model.depth=27", "san_patchwise", "10, 15, 19, test"]),
     (["model.relation=cosine"], ["relation='cosine'", "concatenation, star, clique"]),
+    (["model=sasa_resnet", "model.stem=foo"], ["model.stem='foo'", "conv, attention"]),
+    (["model=sasa_resnet", "model.heads=3"], ["heads=3"]),
 ])
 def test_bad_values_give_one_line(tmp_path, args, must_name):
     proc = run_cli("train.py", *args, f"paths.log_dir={tmp_path}", "trainer.epochs=1")
@@ -52,7 +54,7 @@ def test_train_cli_then_tables(tmp_path):
             f"paths.log_dir={tmp_path}"]
     proc = run_cli("train.py", *args)
     assert proc.returncode == 0, proc.stderr
-    (run_dir,) = (tmp_path / "train" / "runs" / "resnettest_synthetic").iterdir()
+    (run_dir,) = (tmp_path / "train" / "runs" / "test_av_resnet_synthetic").iterdir()
     assert {"last.pt", "best.pt", "metrics.json", "config.yaml", ".hydra", "tensorboard"} <= \
         {p.name for p in run_dir.iterdir()}
     assert "train_loss" in proc.stdout and "test_av_resnet on synthetic: top-1" in proc.stdout  # summary table

@@ -16,7 +16,7 @@ def test_two_process_ddp_stays_in_sync(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     dumps = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert dumps[0]["run_dir"] == dumps[1]["run_dir"]  # one run directory for all ranks
-    (run_dir,) = (tmp_path / "train" / "runs" / "resnettest_synthetic").iterdir()
+    (run_dir,) = (tmp_path / "train" / "runs" / "test_av_resnet_synthetic").iterdir()
     for name, p0 in dumps[0]["params"].items():
         assert torch.equal(p0, dumps[1]["params"][name]), name
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -7,11 +7,14 @@ from typing import Callable, Union
 
 from .conv import ConvSpatial
 from .san import SANPairwise, SANPatchwise
+from .sasa import SASAttention
+from .sasa_stem import SASAStem
 
-__all__ = ["ConvSpatial", "SANPairwise", "SANPatchwise", "get_spatial_layer", "register_spatial_layer",
-           "SPATIAL_LAYERS"]
+__all__ = ["ConvSpatial", "SANPairwise", "SANPatchwise", "SASAttention", "SASAStem", "get_spatial_layer",
+           "register_spatial_layer", "SPATIAL_LAYERS"]
 
-SPATIAL_LAYERS: dict = {"conv": ConvSpatial, "san_pairwise": SANPairwise, "san_patchwise": SANPatchwise}
+SPATIAL_LAYERS: dict = {"conv": ConvSpatial, "san_pairwise": SANPairwise, "san_patchwise": SANPatchwise,
+                        "sasa": SASAttention}
 
 
 def register_spatial_layer(name: str, layer_cls: Callable) -> Callable:

@@ -1,33 +1,61 @@
 """Model families. Importing this package registers every model with timm."""
+from dataclasses import dataclass, field
 from typing import Union
 
 import timm
 from torch import nn
 
 from attnvision.errors import ConfigError
-from . import resnet, san
+from . import resnet, san, sasa
 
-__all__ = ["FAMILIES", "create_model", "model_name"]
+__all__ = ["FAMILIES", "Family", "create_model", "model_name"]
 
-# family -> {model.depth -> timm model name}; 'test' is each family's tiny CPU-test variant.
+
+@dataclass(frozen=True)
+class Family:
+    """How ``model=<family>`` names its timm variants.
+
+    ``names`` maps ``model.depth`` (and 'test', the tiny CPU-test variant) to a timm name, a pattern whose fields
+    are filled from ``choices``: config key -> {allowed value: name part}; ``model.stem=attention`` of
+    ``sasa_resnet`` selects ``sasa_resnet26_attn_stem``.
+    """
+
+    names: dict
+    choices: dict = field(default_factory=dict)
+
+
 FAMILIES: dict = {
-    "resnet": {26: "av_resnet26", 38: "av_resnet38", 50: "av_resnet50", "test": "test_av_resnet"},
-    **{f"san_{a}": {10: f"san10_{a}", 15: f"san15_{a}", 19: f"san19_{a}", "test": f"test_san_{a}"}
+    "resnet": Family({26: "av_resnet26", 38: "av_resnet38", 50: "av_resnet50", "test": "test_av_resnet"}),
+    **{f"san_{a}": Family({10: f"san10_{a}", 15: f"san15_{a}", 19: f"san19_{a}", "test": f"test_san_{a}"})
        for a in ("pairwise", "patchwise")},
+    "sasa_resnet": Family({**{d: f"sasa_resnet{d}{{stem}}" for d in (26, 38, 50)}, "test": "test_sasa_resnet{stem}"},
+                          {"stem": {"conv": "", "attention": "_attn_stem"}}),
 }
 
 
-def model_name(family: str, depth: Union[int, str]) -> str:
-    """The timm name for ``model=<family> model.depth=<depth>``, or a ConfigError naming the allowed values."""
+def _allowed(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def model_name(family: str, depth: Union[int, str], **choices) -> str:
+    """The timm name for ``model=<family> model.depth=<depth>`` (plus the family's choice keys, e.g. ``stem``),
+    or a ConfigError naming the allowed values."""
     if family not in FAMILIES:
-        raise ConfigError(f"model.family={family!r} is unknown; choose one of {', '.join(FAMILIES)}")
-    variants = FAMILIES[family]
-    if depth not in variants:
-        allowed = ", ".join(str(d) for d in variants)
-        raise ConfigError(f"model.depth={depth!r} is not a {family} variant; choose one of {allowed}")
-    return variants[depth]
+        raise ConfigError(f"model.family={family!r} is unknown; choose one of {_allowed(FAMILIES)}")
+    spec = FAMILIES[family]
+    if depth not in spec.names:
+        raise ConfigError(f"model.depth={depth!r} is not a {family} variant; choose one of {_allowed(spec.names)}")
+    parts = {}
+    for key, options in spec.choices.items():
+        value = choices.get(key, next(iter(options)))
+        if value not in options:
+            raise ConfigError(f"model.{key}={value!r} is not a {family} option; choose one of {_allowed(options)}")
+        parts[key] = options[value]
+    return spec.names[depth].format(**parts)
 
 
 def create_model(family: str, depth: Union[int, str], **kwargs) -> nn.Module:
-    """Build ``model=<family>`` at ``model.depth`` through timm; every other config key goes to the constructor."""
-    return timm.create_model(model_name(family, depth), **kwargs)
+    """Build ``model=<family>`` at ``model.depth`` through timm; the family's choice keys pick the variant, every
+    other config key goes to the constructor."""
+    choices = {key: kwargs.pop(key) for key in FAMILIES.get(family, Family({})).choices if key in kwargs}
+    return timm.create_model(model_name(family, depth, **choices), **kwargs)

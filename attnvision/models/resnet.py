@@ -19,7 +19,8 @@ from torch import nn
 from timm.layers import ClassifierHead, DropPath
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from attnvision.layers import get_spatial_layer
+from attnvision.errors import ConfigError
+from attnvision.layers import ConvSpatial, get_spatial_layer
 
 from .base import StagedClassifier, imagenet_cfg
 
@@ -86,23 +87,31 @@ class ResNet(StagedClassifier):
         layers: blocks per stage, e.g. (1, 2, 4, 1) for ResNet-26.
         spatial_layer: registered name ('conv', ...) or class with the spatial-layer signature.
         spatial_kwargs: extra arguments for every spatial layer (kernel_size, num_heads, ...).
+        attention_stages: the stages (1-based) whose blocks use ``spatial_layer``; the others keep the 3×3 conv
+            (SASA's Table 3). None = all.
+        stem_layer: builds the stem, with ``make_stem``'s signature (the attention families swap in theirs).
         small_stem: 3×3/1 stem without max-pool for 32×32 inputs.
     """
 
     def __init__(self, layers: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64,
                  spatial_layer: Union[str, Callable] = "conv", spatial_kwargs: Optional[dict] = None,
+                 attention_stages: Optional[Sequence[int]] = None, stem_layer: Callable = make_stem,
                  small_stem: bool = False, num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg",
                  drop_rate: float = 0., drop_path_rate: float = 0., zero_init_last: bool = True,
                  norm_layer: Callable = nn.BatchNorm2d, act_layer: Callable = nn.ReLU):
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers={tuple(layers)} and widths={tuple(widths)} must have the same length")
+        stage_ids = range(1, len(layers) + 1)
+        attention_stages = stage_ids if attention_stages is None else tuple(attention_stages)
+        if not set(attention_stages) <= set(stage_ids):
+            raise ConfigError(f"attention_stages={list(attention_stages)} must be a subset of {list(stage_ids)}")
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         spatial = partial(get_spatial_layer(spatial_layer), **(spatial_kwargs or {}))
 
-        self.stem = make_stem(in_chans, stem_width, small_stem, norm_layer, act_layer)
+        self.stem = stem_layer(in_chans, stem_width, small_stem, norm_layer, act_layer)
         reduction = 1 if small_stem else 4
         self.feature_info = [dict(num_chs=stem_width, reduction=reduction, module="stem")]
 
@@ -112,8 +121,9 @@ class ResNet(StagedClassifier):
             stride = 1 if stage_idx == 0 else 2
             reduction *= stride
             blocks = []
+            stage_layer = spatial if stage_idx + 1 in attention_stages else ConvSpatial
             for i in range(depth):
-                blocks.append(Bottleneck(in_chs, planes, stride if i == 0 else 1, spatial_layer=spatial,
+                blocks.append(Bottleneck(in_chs, planes, stride if i == 0 else 1, spatial_layer=stage_layer,
                                          norm_layer=norm_layer, act_layer=act_layer,
                                          drop_path=drop_path_rates[block_idx]))
                 in_chs = planes * Bottleneck.expansion

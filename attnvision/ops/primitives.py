@@ -162,9 +162,9 @@ def local_aggregate(weights: torch.Tensor, v: torch.Tensor, fp: Footprint, shari
     return y.reshape(b, c, ho, wo)
 
 
-def local_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the footprint axis (dim 2), in float32 (float64 stays)."""
-    return logits.softmax(2, dtype=accumulate_dtype(logits))
+def local_softmax(logits: torch.Tensor, dim: int = 2) -> torch.Tensor:
+    """Softmax over the footprint axis (``dim``, 2 in the B×G×K×Ho×Wo layout), in float32 (float64 stays)."""
+    return logits.softmax(dim, dtype=accumulate_dtype(logits))
 
 
 def _per_head_bias(bias: Optional[torch.Tensor], num_heads: int, k: int) -> Optional[torch.Tensor]:
