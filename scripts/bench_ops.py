@@ -5,9 +5,9 @@
     python scripts/bench_ops.py --device cuda   # on a GPU                 -> results/bench_ops_cuda.*
 
 Condition: B=8, C=64, 56×56, float32, 8 heads. Each family's spatial layer, projections included, in its reference
-(pad + unfold) and fast (custom kernels) versions: the SAN layers are attnvision.layers' (pairwise: subtraction +
-position, γ MLP, softmax, reflect; patchwise: concatenation, γ MLP, no softmax, reflect), the others are composed
-here from attnvision.ops as the papers build them: sasa (q·k + q·r, zero pad), lr (-(q-k)² + geometry-prior MLP,
+(pad + unfold) and fast (custom kernels) versions: the SASA and SAN layers are attnvision.layers' (sasa: q·k + q·r,
+mask; SAN pairwise: subtraction + position, γ MLP, softmax, reflect; patchwise: concatenation, γ MLP, no softmax,
+reflect), the others are composed here from attnvision.ops as the papers build them: lr (-(q-k)² + geometry-prior MLP,
 masked, contiguous groups) and axial (height then width, global span whatever k is, q·k + q·r + k·r, values + r;
 measured once, repeated per k).
 Forward is timed under no_grad, forward+backward with a scalar loss, with torch.utils.benchmark (warm-up, then
@@ -28,28 +28,12 @@ from torch import nn
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnvision.layers import SANPairwise, SANPatchwise
+from attnvision.layers import SANPairwise, SANPatchwise, SASAttention
 from attnvision.ops import Footprint, axial_footprint, local_attention
 from attnvision.results.tables import machine, write_table
 
 B, C, H, W, HEADS = 8, 64, 56, 56, 8
 LAYERS = ("conv3x3", "sasa", "san_pairwise", "san_patchwise", "lr", "axial")
-
-
-class SASA(nn.Module):
-    def __init__(self, k, impl):
-        super().__init__()
-        self.fp, self.impl = Footprint(k, padding="zero"), impl
-        self.qkv = nn.Conv2d(C, 3 * C, 1, bias=False)
-        d = C // HEADS
-        self.rel_row = nn.Parameter(torch.randn(d // 2, k) * 0.1)
-        self.rel_col = nn.Parameter(torch.randn(d // 2, k) * 0.1)
-
-    def forward(self, x):
-        q, k, v = self.qkv(x).chunk(3, 1)
-        k_ = self.fp.kernel_size[0]
-        rel = torch.cat([self.rel_row[:, :, None].expand(-1, -1, k_), self.rel_col[:, None, :].expand(-1, k_, -1)])
-        return local_attention(q, k, v, self.fp, HEADS, rel_q=rel.reshape(1, -1, k_ * k_), impl=self.impl)
 
 
 class LocalRelation(nn.Module):
@@ -91,7 +75,8 @@ class Axial(nn.Module):
         return x
 
 
-FAMILIES = {"sasa": SASA, "san_pairwise": lambda k, impl: SANPairwise(C, C, kernel_size=k, impl=impl),
+FAMILIES = {"sasa": lambda k, impl: SASAttention(C, C, kernel_size=k, num_heads=HEADS, impl=impl),
+            "san_pairwise": lambda k, impl: SANPairwise(C, C, kernel_size=k, impl=impl),
             "san_patchwise": lambda k, impl: SANPatchwise(C, C, kernel_size=k, impl=impl), "lr": LocalRelation,
             "axial": Axial}
 
