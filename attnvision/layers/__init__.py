@@ -6,15 +6,16 @@ so a network picks one by name (``spatial_layer='conv'``) and the families regis
 from typing import Callable, Union
 
 from .conv import ConvSpatial
+from .local_relation import LocalRelation
 from .san import SANPairwise, SANPatchwise
 from .sasa import SASAttention
 from .sasa_stem import SASAStem
 
-__all__ = ["ConvSpatial", "SANPairwise", "SANPatchwise", "SASAttention", "SASAStem", "get_spatial_layer",
-           "register_spatial_layer", "SPATIAL_LAYERS"]
+__all__ = ["ConvSpatial", "LocalRelation", "SANPairwise", "SANPatchwise", "SASAttention", "SASAStem",
+           "get_spatial_layer", "register_spatial_layer", "SPATIAL_LAYERS"]
 
 SPATIAL_LAYERS: dict = {"conv": ConvSpatial, "san_pairwise": SANPairwise, "san_patchwise": SANPatchwise,
-                        "sasa": SASAttention}
+                        "sasa": SASAttention, "local_relation": LocalRelation}
 
 
 def register_spatial_layer(name: str, layer_cls: Callable) -> Callable:

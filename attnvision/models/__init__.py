@@ -6,7 +6,7 @@ import timm
 from torch import nn
 
 from attnvision.errors import ConfigError
-from . import resnet, san, sasa
+from . import lrnet, resnet, san, sasa
 
 __all__ = ["FAMILIES", "Family", "create_model", "model_name"]
 
@@ -30,6 +30,8 @@ FAMILIES: dict = {
        for a in ("pairwise", "patchwise")},
     "sasa_resnet": Family({**{d: f"sasa_resnet{d}{{stem}}" for d in (26, 38, 50)}, "test": "test_sasa_resnet{stem}"},
                           {"stem": {"conv": "", "attention": "_attn_stem"}}),
+    "lrnet": Family({26: "lrnet26{stem}", 50: "lrnet50{stem}", "test": "test_lrnet{stem}"},
+                    {"stem": {"relation": "", "conv": "_conv_stem"}}),
 }
 
 

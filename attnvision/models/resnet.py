@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
-from timm.layers import ClassifierHead, DropPath
+from timm.layers import ClassifierHead, DropPath, make_divisible
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from attnvision.errors import ConfigError
@@ -30,16 +30,13 @@ __all__ = ["Bottleneck", "ResNet"]
 class Bottleneck(nn.Module):
     """1×1 reduce, spatial layer (3×3 conv in the baseline), 1×1 expand, plus a projection shortcut.
 
-    Widths: ``planes`` inside the block, ``planes * expansion`` out; the spatial layer maps planes -> planes and
-    carries the stride.
+    Widths: ``planes`` inside the block, ``out_chs`` out (4 × planes in ResNet); the spatial layer maps planes ->
+    planes and carries the stride.
     """
 
-    expansion = 4
-
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, spatial_layer: Callable = None,
+    def __init__(self, in_chs: int, planes: int, out_chs: int, stride: int = 1, spatial_layer: Callable = None,
                  norm_layer: Callable = nn.BatchNorm2d, act_layer: Callable = nn.ReLU, drop_path: float = 0.):
         super().__init__()
-        out_chs = planes * self.expansion
         self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False)
         self.bn1 = norm_layer(planes)
         self.act1 = act_layer(inplace=True)
@@ -80,8 +77,9 @@ def make_stem(in_chans: int, stem_width: int, small_stem: bool, norm_layer: Call
 class ResNet(StagedClassifier):
     """Bottleneck ResNet whose k×k spatial operator is chosen by name.
 
-    Widths: the stem outputs ``stem_width`` channels; stage i has ``widths[i]`` planes inside its blocks and
-    ``widths[i] * 4`` channels out. Stage 1 keeps the stem's resolution, stages 2-4 halve it in their first block.
+    Widths: the stem outputs ``stem_width`` channels; stage i has ``widths[i] * 4`` channels out and
+    ``widths[i] * 4 / expansion`` planes inside its blocks (``widths[i]`` for ResNet's expansion α = 4; rounded to a
+    multiple of 8). Stage 1 keeps the stem's resolution, stages 2-4 halve it in their first block.
 
     Args:
         layers: blocks per stage, e.g. (1, 2, 4, 1) for ResNet-26.
@@ -91,14 +89,15 @@ class ResNet(StagedClassifier):
             (SASA's Table 3). None = all.
         stem_layer: builds the stem, with ``make_stem``'s signature (the attention families swap in theirs).
         small_stem: 3×3/1 stem without max-pool for 32×32 inputs.
+        expansion: the bottleneck expansion α, output over inner width (LR-Net changes it).
     """
 
     def __init__(self, layers: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64,
                  spatial_layer: Union[str, Callable] = "conv", spatial_kwargs: Optional[dict] = None,
                  attention_stages: Optional[Sequence[int]] = None, stem_layer: Callable = make_stem,
-                 small_stem: bool = False, num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg",
-                 drop_rate: float = 0., drop_path_rate: float = 0., zero_init_last: bool = True,
-                 norm_layer: Callable = nn.BatchNorm2d, act_layer: Callable = nn.ReLU):
+                 small_stem: bool = False, expansion: float = 4., num_classes: int = 1000, in_chans: int = 3,
+                 global_pool: str = "avg", drop_rate: float = 0., drop_path_rate: float = 0.,
+                 zero_init_last: bool = True, norm_layer: Callable = nn.BatchNorm2d, act_layer: Callable = nn.ReLU):
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers={tuple(layers)} and widths={tuple(widths)} must have the same length")
@@ -117,16 +116,17 @@ class ResNet(StagedClassifier):
 
         drop_path_rates = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
         stages, in_chs, block_idx = [], stem_width, 0
-        for stage_idx, (depth, planes) in enumerate(zip(layers, widths)):
+        for stage_idx, (depth, width) in enumerate(zip(layers, widths)):
+            out_chs, planes = 4 * width, make_divisible(4 * width / expansion, 8)
             stride = 1 if stage_idx == 0 else 2
             reduction *= stride
             blocks = []
             stage_layer = spatial if stage_idx + 1 in attention_stages else ConvSpatial
             for i in range(depth):
-                blocks.append(Bottleneck(in_chs, planes, stride if i == 0 else 1, spatial_layer=stage_layer,
-                                         norm_layer=norm_layer, act_layer=act_layer,
+                blocks.append(Bottleneck(in_chs, planes, out_chs, stride if i == 0 else 1,
+                                         spatial_layer=stage_layer, norm_layer=norm_layer, act_layer=act_layer,
                                          drop_path=drop_path_rates[block_idx]))
-                in_chs = planes * Bottleneck.expansion
+                in_chs = out_chs
                 block_idx += 1
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=in_chs, reduction=reduction, module=f"stages.{stage_idx}"))

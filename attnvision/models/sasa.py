@@ -49,37 +49,37 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def sasa_resnet26(pretrained: bool = False, **kwargs) -> ResNet:
     """SASA ResNet-26, conv stem: [1,2,4,1] blocks, 7×7 windows, 8 heads; 10.3M parameters, 4.5 B FLOPS."""
-    return sasa_resnet("sasa_resnet26", pretrained, layers=DEPTHS[26], **kwargs)
+    return sasa_resnet("sasa_resnet26", pretrained, **{"layers": DEPTHS[26], **kwargs})
 
 
 @register_model
 def sasa_resnet38(pretrained: bool = False, **kwargs) -> ResNet:
     """SASA ResNet-38, conv stem: [2,3,5,2] blocks; 14.1M parameters, 5.7 B FLOPS."""
-    return sasa_resnet("sasa_resnet38", pretrained, layers=DEPTHS[38], **kwargs)
+    return sasa_resnet("sasa_resnet38", pretrained, **{"layers": DEPTHS[38], **kwargs})
 
 
 @register_model
 def sasa_resnet50(pretrained: bool = False, **kwargs) -> ResNet:
     """SASA ResNet-50, conv stem: [3,4,6,3] blocks; 18.0M parameters, 7.0 B FLOPS."""
-    return sasa_resnet("sasa_resnet50", pretrained, layers=DEPTHS[50], **kwargs)
+    return sasa_resnet("sasa_resnet50", pretrained, **{"layers": DEPTHS[50], **kwargs})
 
 
 @register_model
 def sasa_resnet26_attn_stem(pretrained: bool = False, **kwargs) -> ResNet:
     """SASA ResNet-26, full attention (attention stem); 10.3M parameters, 4.7 B FLOPS."""
-    return sasa_resnet("sasa_resnet26_attn_stem", pretrained, True, layers=DEPTHS[26], **kwargs)
+    return sasa_resnet("sasa_resnet26_attn_stem", pretrained, True, **{"layers": DEPTHS[26], **kwargs})
 
 
 @register_model
 def sasa_resnet38_attn_stem(pretrained: bool = False, **kwargs) -> ResNet:
     """SASA ResNet-38, full attention (attention stem); 14.1M parameters, 6.0 B FLOPS."""
-    return sasa_resnet("sasa_resnet38_attn_stem", pretrained, True, layers=DEPTHS[38], **kwargs)
+    return sasa_resnet("sasa_resnet38_attn_stem", pretrained, True, **{"layers": DEPTHS[38], **kwargs})
 
 
 @register_model
 def sasa_resnet50_attn_stem(pretrained: bool = False, **kwargs) -> ResNet:
     """SASA ResNet-50, full attention (attention stem); 18.0M parameters, 7.2 B FLOPS."""
-    return sasa_resnet("sasa_resnet50_attn_stem", pretrained, True, layers=DEPTHS[50], **kwargs)
+    return sasa_resnet("sasa_resnet50_attn_stem", pretrained, True, **{"layers": DEPTHS[50], **kwargs})
 
 
 _TEST_ARGS = dict(layers=(1, 1, 1, 1), widths=(16, 16, 32, 32), stem_width=16, small_stem=True)
