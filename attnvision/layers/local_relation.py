@@ -85,6 +85,16 @@ class LocalRelation(nn.Module):
         else:
             self.geometry = nn.Parameter(torch.zeros(groups, self.footprint.num_offsets))
         self.proj = nn.Conv2d(dim, dim_out, 1, bias=False)
+        self.init_weights()
+
+    def init_weights(self):
+        """Query and key as variance-preserving linear maps (N(0, 1/C), zero bias), so that Φ starts at order one;
+        ResNet's fan-out Kaiming init of a C → C/m conv would make q and k m times larger in variance and the
+        softmax nearly one-hot."""
+        if self.composability != "none":
+            for conv in (self.query, self.key):
+                nn.init.normal_(conv.weight, std=conv.in_channels ** -0.5)
+                nn.init.zeros_(conv.bias)
 
     def geometry_term(self) -> torch.Tensor:
         """G × K prior g(p - p') for every group and window offset."""

@@ -136,16 +136,19 @@ class ResNet(StagedClassifier):
         self.reset_parameters(zero_init_last)
 
     def reset_parameters(self, zero_init_last: bool = True):
-        for name, m in self.named_modules():
+        """Kaiming (fan-out) convs and unit BNs as ResNet, then the layers that define their own ``init_weights``,
+        then (by default) zero-init of each block's last BN."""
+        for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if zero_init_last:
-            for m in self.modules():
-                if isinstance(m, Bottleneck):
-                    m.zero_init_last()
+        for m in self.modules():
+            if hasattr(m, "init_weights") and m is not self:
+                m.init_weights()
+            if zero_init_last and isinstance(m, Bottleneck):
+                m.zero_init_last()
 
 
 def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
