@@ -28,7 +28,8 @@ from attnvision.results.tables import machine, write_table
 def step_timer(name: str, image_size: int, batch: int, device: torch.device, precision: str):
     """A ``benchmark.Timer`` of one training step of timm model ``name``, after two warm-up steps."""
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10, small_stem=image_size <= 64).to(device)
+    small = {"small_stem": True} if image_size <= 64 else {}  # timm's own models have no small_stem
+    model = timm.create_model(name, num_classes=10, **small).to(device)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, 3, image_size, image_size, device=device).to(memory_format=torch.channels_last)
