@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from attnvision.errors import ConfigError
+from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import Footprint, local_aggregate, local_attention, local_patches, local_softmax
 
 __all__ = ["LocalRelation", "COMPOSABILITIES", "GEOMETRY_PRIORS"]
@@ -37,10 +37,6 @@ COMPOSABILITIES = ("squared_difference", "abs_difference", "product", "normalize
                    "normalized_squared_difference", "none")
 GEOMETRY_PRIORS = ("mlp", "learned")
 
-
-def _check(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is unknown; choose one of {', '.join(allowed)}")
 
 
 def appearance_composability(q: torch.Tensor, k: torch.Tensor, form: str) -> torch.Tensor:
@@ -68,8 +64,8 @@ class LocalRelation(nn.Module):
                  channels_per_group: int = 8, composability: str = "squared_difference", geometry_prior: str = "mlp",
                  padding: str = "mask", impl: Optional[str] = None):
         super().__init__()
-        _check("composability", composability, COMPOSABILITIES)
-        _check("geometry_prior", geometry_prior, GEOMETRY_PRIORS)
+        check_choice("composability", composability, COMPOSABILITIES)
+        check_choice("geometry_prior", geometry_prior, GEOMETRY_PRIORS)
         groups = num_heads or dim // channels_per_group
         if groups < 1 or dim % groups:
             raise ConfigError(f"{dim} channels do not split into {groups} groups (heads={num_heads}, "

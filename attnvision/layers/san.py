@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnvision.errors import ConfigError
+from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import Footprint, local_aggregate, local_logits, local_patches, local_softmax, local_subtraction
 
 __all__ = ["SANPairwise", "SANPatchwise", "PAIRWISE_RELATIONS", "PATCHWISE_RELATIONS", "NORMALIZATIONS"]
@@ -50,10 +50,6 @@ PAIRWISE_RELATIONS = ("subtraction", "summation", "concatenation", "hadamard", "
 PATCHWISE_RELATIONS = ("concatenation", "star", "clique")
 NORMALIZATIONS = ("softmax", "none")
 
-
-def _check(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is unknown; choose one of {', '.join(map(str, allowed))}")
 
 
 def mapping_gamma(in_chs: int, hidden: list, out_chs: int) -> nn.Sequential:
@@ -80,8 +76,8 @@ class _VectorAttention(nn.Module):
         super().__init__()
         self.relation = relation or self.relations[0]
         self.normalization = normalization or self.default_normalization
-        _check("relation", self.relation, self.relations)
-        _check("normalization", self.normalization, NORMALIZATIONS)
+        check_choice("relation", self.relation, self.relations)
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
         if mapping_depth < 1:
             raise ConfigError(f"mapping_depth={mapping_depth} must be at least 1 (the number of linear layers in γ)")
         self.mapping_depth = mapping_depth

@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from attnvision.errors import ConfigError
+from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import Footprint, local_aggregate, local_attention, local_logits, local_softmax
 
 __all__ = ["SASAttention", "POSITIONAL_ENCODINGS", "LOGITS", "relative_embedding", "sinusoidal_encoding_2d"]
@@ -41,10 +41,6 @@ __all__ = ["SASAttention", "POSITIONAL_ENCODINGS", "LOGITS", "relative_embedding
 POSITIONAL_ENCODINGS = ("relative", "absolute", "none")
 LOGITS = ("qk_qr", "qr")
 
-
-def _check(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is unknown; choose one of {', '.join(allowed)}")
 
 
 def relative_embedding(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -84,8 +80,8 @@ class SASAttention(nn.Module):
                  positional_encoding: str = "relative", logits: str = "qk_qr", padding: str = "mask",
                  impl: Optional[str] = None):
         super().__init__()
-        _check("positional_encoding", positional_encoding, POSITIONAL_ENCODINGS)
-        _check("logits", logits, LOGITS)
+        check_choice("positional_encoding", positional_encoding, POSITIONAL_ENCODINGS)
+        check_choice("logits", logits, LOGITS)
         if logits == "qr" and positional_encoding != "relative":
             raise ConfigError(f"logits='qr' scores with the relative embeddings alone; it needs "
                               f"positional_encoding='relative', not {positional_encoding!r}")
