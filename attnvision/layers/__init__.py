@@ -5,13 +5,14 @@ so a network picks one by name (``spatial_layer='conv'``) and the families regis
 """
 from typing import Callable, Union
 
+from .axial import AxialAttention
 from .conv import ConvSpatial
 from .local_relation import LocalRelation
 from .san import SANPairwise, SANPatchwise
 from .sasa import SASAttention
 from .sasa_stem import SASAStem
 
-__all__ = ["ConvSpatial", "LocalRelation", "SANPairwise", "SANPatchwise", "SASAttention", "SASAStem",
+__all__ = ["AxialAttention", "ConvSpatial", "LocalRelation", "SANPairwise", "SANPatchwise", "SASAttention", "SASAStem",
            "get_spatial_layer", "register_spatial_layer", "SPATIAL_LAYERS"]
 
 SPATIAL_LAYERS: dict = {"conv": ConvSpatial, "san_pairwise": SANPairwise, "san_patchwise": SANPatchwise,
