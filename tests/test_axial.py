@@ -84,3 +84,33 @@ def test_bad_options_name_the_value():
                        (dict(num_heads=3), "heads=3"), (dict(position_terms=("x",)), "position_terms='x'")]:
         with pytest.raises(ConfigError, match=match):
             AxialAttention(16, 32, **bad)
+
+
+# The authors' PyTorch models at 224 and 1000 classes: parameters counted by instantiating csrhddlam/axial-deeplab's
+# axialnet (its constructor needs no GPU), and its MACs when only conv, linear and attention matmuls are counted.
+OFFICIAL = {"axial26s": (5_944_936, 1.81), "axial50s": (11_586_216, 2.84), "axial50m": (25_179_400, 5.96),
+            "axial50l": (43_973_480, 10.19)}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_conv_stem_counts_equal_the_authors_code(name):
+    from attnvision.engine.complexity import count_complexity
+    from attnvision.models import create_model
+    depth, width = int(name[5:7]), name[-1]
+    c = count_complexity(create_model("axial_resnet", depth, width=width), 224)
+    params, gmacs = OFFICIAL[name]
+    assert c.params == params
+    assert abs(c.macs / 1e9 / gmacs - 1) < 0.03
+
+
+def test_model_runs_at_32_224_and_320():
+    from attnvision.models import create_model
+    small = create_model("axial_resnet", "test", num_classes=5)
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    assert small.stages[0][0].bn2.__class__.__name__ == "Identity"  # the axial layers end in their own BN
+    model = create_model("axial_resnet", 26, width="s", num_classes=3).eval()
+    with torch.no_grad():
+        for size in (32, 224, 320):
+            assert model(torch.randn(1, 3, size, size)).shape == (1, 3)
+    lengths = [stage[i].conv2[0].length for stage in model.stages for i in range(len(stage))]
+    assert lengths == [56, 56, 28, 28, 14, 14, 14, 14]  # each block's input side at 224

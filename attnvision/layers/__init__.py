@@ -5,18 +5,19 @@ so a network picks one by name (``spatial_layer='conv'``) and the families regis
 """
 from typing import Callable, Union
 
-from .axial import AxialAttention
+from .axial import AxialAttention, AxialSpatial
 from .conv import ConvSpatial
 from .local_relation import LocalRelation
 from .san import SANPairwise, SANPatchwise
 from .sasa import SASAttention
 from .sasa_stem import SASAStem
 
-__all__ = ["AxialAttention", "ConvSpatial", "LocalRelation", "SANPairwise", "SANPatchwise", "SASAttention", "SASAStem",
+__all__ = ["AxialAttention", "AxialSpatial", "ConvSpatial", "LocalRelation", "SANPairwise", "SANPatchwise", "SASAttention", "SASAStem",
            "get_spatial_layer", "register_spatial_layer", "SPATIAL_LAYERS"]
 
 SPATIAL_LAYERS: dict = {"conv": ConvSpatial, "san_pairwise": SANPairwise, "san_patchwise": SANPatchwise,
-                        "sasa": SASAttention, "local_relation": LocalRelation}
+                        "sasa": SASAttention, "local_relation": LocalRelation,
+                        "axial": AxialSpatial}
 
 
 def register_spatial_layer(name: str, layer_cls: Callable) -> Callable:

@@ -29,7 +29,7 @@ from torch import nn
 
 from attnvision.errors import ConfigError, check_choice
 
-__all__ = ["AxialAttention"]
+__all__ = ["AxialAttention", "AxialSpatial"]
 
 
 class AxialAttention(nn.Module):
@@ -109,3 +109,25 @@ class AxialAttention(nn.Module):
         out = out.view(b * other, -1, g * d, length).sum(1)  # N, C_out, L
         out = out.view(b, other, g * d, length).permute(0, 2, 1, 3)  # B, C_out, other, L
         return out.transpose(2, 3) if self.axis == "height" else out
+
+
+class AxialSpatial(nn.Sequential):
+    """The spatial layer of an axial bottleneck: height-axis then width-axis attention, then (``stride`` > 1) an
+    average pool over both axes after the width layer, as the authors' code strides (the paper strides each axis
+    after its own layer). Both layers end in their own BatchNorm (``normalizes_output``).
+
+    ``input_size`` is the side of the input at the configured image size (the ResNet skeleton passes it); it
+    sizes the global tables. ``kernel_size`` is accepted for the spatial-layer signature and is the span when
+    ``span`` is not given (None = global).
+    """
+
+    normalizes_output = True
+
+    def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: Optional[int] = None,
+                 num_heads: int = 8, span: Optional[int] = None, input_size: int = 56,
+                 position_terms: Sequence[str] = ("q", "k", "v")):
+        span = span if span is not None else kernel_size
+        super().__init__(
+            AxialAttention(dim, dim_out, "height", input_size, span, num_heads, position_terms),
+            AxialAttention(dim_out, dim_out, "width", input_size, span, num_heads, position_terms),
+            nn.AvgPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity())

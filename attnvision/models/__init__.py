@@ -6,7 +6,7 @@ import timm
 from torch import nn
 
 from attnvision.errors import ConfigError
-from . import lrnet, resnet, san, sasa
+from . import axial, lrnet, resnet, san, sasa
 
 __all__ = ["FAMILIES", "Family", "create_model", "model_name"]
 
@@ -32,6 +32,8 @@ FAMILIES: dict = {
                           {"stem": {"conv": "", "attention": "_attn_stem"}}),
     "lrnet": Family({26: "lrnet26{stem}", 50: "lrnet50{stem}", "test": "test_lrnet{stem}"},
                     {"stem": {"relation": "", "conv": "_conv_stem"}}),
+    "axial_resnet": Family({26: "axial26{width}", 50: "axial50{width}", "test": "test_axial_resnet"},
+                           {"width": {"s": "s", "m": "m", "l": "l"}}),
 }
 
 

@@ -41,7 +41,8 @@ class Bottleneck(nn.Module):
         self.bn1 = norm_layer(planes)
         self.act1 = act_layer(inplace=True)
         self.conv2 = spatial_layer(planes, planes, stride=stride)
-        self.bn2 = norm_layer(planes)
+        # layers that end in their own BatchNorm (Axial-DeepLab's) get none after them, as in their authors' blocks
+        self.bn2 = nn.Identity() if getattr(self.conv2, "normalizes_output", False) else norm_layer(planes)
         self.act2 = act_layer(inplace=True)
         self.conv3 = nn.Conv2d(planes, out_chs, 1, bias=False)
         self.bn3 = norm_layer(out_chs)
@@ -89,15 +90,18 @@ class ResNet(StagedClassifier):
             (SASA's Table 3). None = all.
         stem_layer: builds the stem, with ``make_stem``'s signature (the attention families swap in theirs).
         small_stem: 3×3/1 stem without max-pool for 32×32 inputs.
-        expansion: the bottleneck expansion α, output over inner width (LR-Net changes it).
+        expansion: the bottleneck expansion α, output over inner width (LR-Net and Axial-ResNet change it).
+        img_size: when set, every spatial layer also gets ``input_size``, the side of its input at this image size
+            (layers that size position tables from the resolution, such as global axial attention, need it).
     """
 
     def __init__(self, layers: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64,
                  spatial_layer: Union[str, Callable] = "conv", spatial_kwargs: Optional[dict] = None,
                  attention_stages: Optional[Sequence[int]] = None, stem_layer: Callable = make_stem,
-                 small_stem: bool = False, expansion: float = 4., num_classes: int = 1000, in_chans: int = 3,
-                 global_pool: str = "avg", drop_rate: float = 0., drop_path_rate: float = 0.,
-                 zero_init_last: bool = True, norm_layer: Callable = nn.BatchNorm2d, act_layer: Callable = nn.ReLU):
+                 small_stem: bool = False, expansion: float = 4., img_size: Optional[int] = None,
+                 num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.,
+                 drop_path_rate: float = 0., zero_init_last: bool = True, norm_layer: Callable = nn.BatchNorm2d,
+                 act_layer: Callable = nn.ReLU):
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers={tuple(layers)} and widths={tuple(widths)} must have the same length")
@@ -123,8 +127,11 @@ class ResNet(StagedClassifier):
             blocks = []
             stage_layer = spatial if stage_idx + 1 in attention_stages else ConvSpatial
             for i in range(depth):
+                layer = stage_layer
+                if img_size is not None and stage_layer is spatial:  # side of this block's input
+                    layer = partial(stage_layer, input_size=img_size // (reduction // (stride if i == 0 else 1)))
                 blocks.append(Bottleneck(in_chs, planes, out_chs, stride if i == 0 else 1,
-                                         spatial_layer=stage_layer, norm_layer=norm_layer, act_layer=act_layer,
+                                         spatial_layer=layer, norm_layer=norm_layer, act_layer=act_layer,
                                          drop_path=drop_path_rates[block_idx]))
                 in_chs = out_chs
                 block_idx += 1
