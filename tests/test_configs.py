@@ -6,7 +6,8 @@ from attnvision.config import group_options
 
 def test_groups_have_the_contract_options():
     assert set(group_options("data")) == {"digits", "cifar10", "cifar100", "imagenet", "synthetic"}
-    assert {"resnet", "san_pairwise", "san_patchwise", "sasa_resnet", "lrnet"} <= set(group_options("model"))
+    families = {"resnet", "san_pairwise", "san_patchwise", "sasa_resnet", "lrnet", "axial_resnet"}
+    assert families <= set(group_options("model"))
     assert {"sgd", "nesterov", "adamw"} <= set(group_options("optim"))
     assert {"cosine", "step"} <= set(group_options("sched"))
 
