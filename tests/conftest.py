@@ -27,3 +27,22 @@ def run_cli(*args, cwd=ROOT, timeout=300, env=None):
     import subprocess
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=env)
+
+
+def reference_and_fast_grads(layer, x):
+    """[output, input grad, every parameter grad] of ``layer(x)`` with the reference ops, then with the fast ops,
+    under a fixed non-uniform loss; x must require grad."""
+    import torch
+    from attnvision.ops import set_default_impl
+    outs = []
+    for impl in ("reference", "fast"):
+        set_default_impl(impl)
+        try:
+            layer.zero_grad()
+            x.grad = None
+            y = layer(x)
+            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+            outs.append([y.detach(), x.grad.clone(), *[p.grad.clone() for p in layer.parameters()]])
+        finally:
+            set_default_impl("auto")
+    return outs

@@ -9,7 +9,8 @@ from attnvision.engine.complexity import count_complexity, count_params
 from attnvision.errors import ConfigError
 from attnvision.layers.local_relation import COMPOSABILITIES, LocalRelation
 from attnvision.models import create_model
-from attnvision.ops import set_default_impl
+
+from conftest import reference_and_fast_grads
 
 # The paper's numbers: LR-Net-26 14.7M / 2.6 GFLOPs (paperswithcode), LR-Net-50 23.3M / 4.3 G multiply-adds
 # (Axial-DeepLab's Table 1).
@@ -109,18 +110,7 @@ def test_without_composability_the_layer_is_a_depthwise_convolution():
 def test_fast_and_reference_ops_agree(kw):
     layer = _layer(**kw).float()
     x = torch.randn(2, 16, 11, 10, requires_grad=True)
-    outs = []
-    for impl in ("reference", "fast"):
-        set_default_impl(impl)
-        try:
-            layer.zero_grad()
-            x.grad = None
-            y = layer(x)
-            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-            outs.append([y.detach(), x.grad.clone(), *[p.grad.clone() for p in layer.parameters()]])
-        finally:
-            set_default_impl("auto")
-    for ref, fast in zip(*outs):
+    for ref, fast in zip(*reference_and_fast_grads(layer, x)):
         assert torch.allclose(ref, fast, atol=1e-5, rtol=1e-4)
 
 

@@ -9,7 +9,8 @@ from attnvision.errors import ConfigError
 from attnvision.layers.sasa import SASAttention, relative_embedding, sinusoidal_encoding_2d
 from attnvision.layers.sasa_stem import SASAStem
 from attnvision.models import create_model
-from attnvision.ops import set_default_impl
+
+from conftest import reference_and_fast_grads
 
 # The paper's numbers (Tables 1, 3, 4, 6): parameters in M, FLOPS in B (= 2 x multiply-adds).
 PAPER = {  # (depth, stem, overrides) -> (params M, FLOPS B)
@@ -146,18 +147,7 @@ def test_absolute_encoding_is_a_2d_sinusoid_and_strides_pool_after_attention():
 def test_fast_and_reference_ops_agree(kw):
     layer = _layer(**kw).float()
     x = torch.randn(2, 8, 11, 10, requires_grad=True)
-    outs = []
-    for impl in ("reference", "fast"):
-        set_default_impl(impl)
-        try:
-            layer.zero_grad()
-            x.grad = None
-            y = layer(x)
-            (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-            outs.append([y.detach(), x.grad.clone(), *[p.grad.clone() for p in layer.parameters()]])
-        finally:
-            set_default_impl("auto")
-    for ref, fast in zip(*outs):
+    for ref, fast in zip(*reference_and_fast_grads(layer, x)):
         assert torch.allclose(ref, fast, atol=1e-5, rtol=1e-4)
 
 

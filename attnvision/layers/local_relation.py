@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from attnvision.errors import ConfigError, check_choice
-from attnvision.ops import Footprint, local_aggregate, local_attention, local_patches, local_softmax
+from attnvision.ops import Footprint, local_aggregate, local_attention, local_patches, local_softmax, mask_outside
 
 __all__ = ["LocalRelation", "COMPOSABILITIES", "GEOMETRY_PRIORS"]
 
@@ -102,21 +102,15 @@ class LocalRelation(nn.Module):
         prior = self.geometry(offsets.t().to(self.geometry[0].weight.dtype)[None, :, :, None])  # 1, G, K, 1
         return prior.view(self.groups, -1)
 
-    def _centres(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.footprint.stride
-        return x if s == 1 else x[..., ::s, ::s]
-
     def attention_logits(self, x: torch.Tensor) -> torch.Tensor:
         """B × G × K × Ho × Wo logits Φ + g, -inf outside the image in mask mode (the explicit, K-sized form)."""
         ho, wo = self.footprint.out_size(*x.shape[-2:])
         logits = self.geometry_term()[None, :, :, None, None].expand(x.shape[0], -1, -1, ho, wo)
         if self.composability != "none":
-            q = self.query(self._centres(x)).unsqueeze(2)  # B, G, 1, Ho, Wo
+            q = self.query(self.footprint.centres(x)).unsqueeze(2)  # B, G, 1, Ho, Wo
             k = local_patches(self.key(x), self.footprint, self.impl).to(q.dtype)  # B, G, K, Ho, Wo
             logits = logits + appearance_composability(q, k, self.composability)
-        if self.footprint.padding == "mask":
-            logits = logits.masked_fill(~self.footprint.valid_mask(*x.shape[-2:], x.device), float("-inf"))
-        return logits
+        return mask_outside(logits, self.footprint, *x.shape[-2:])
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """B × G × K × Ho × Wo aggregation weights ω(p', p)."""
@@ -126,7 +120,7 @@ class LocalRelation(nn.Module):
         """B × C × Ho × Wo aggregate sum_p ω(p', p) x(p), before the output 1×1."""
         prior = self.geometry_term()[None, :, :, None, None]  # 1, G, K, 1, 1
         if self.composability in ("squared_difference", "product"):  # dot-product forms: one fused kernel
-            q, k = self.query(self._centres(x)), self.key(x)  # B, G, Ho, Wo and B, G, H, W
+            q, k = self.query(self.footprint.centres(x)), self.key(x)  # B, G, Ho, Wo and B, G, H, W
             if self.composability == "squared_difference":
                 # -(q-k)² = 2qk - k² - q², and q² is constant over the window: attention with per-group
                 # queries [2q, -1] and keys [k, k²]

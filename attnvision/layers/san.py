@@ -94,10 +94,6 @@ class _VectorAttention(nn.Module):
         self.psi = nn.Conv2d(dim, self.rel_planes, 1)
         self.beta = nn.Conv2d(dim, dim_out, 1)
 
-    def _centres(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.footprint.stride
-        return x if s == 1 else x[..., ::s, ::s]
-
     def project(self, x: torch.Tensor) -> tuple:
         """φ(x), ψ(x), β(x) as one 1×1 convolution: x is read (and cast under autocast) once, not three times."""
         weight = torch.cat([self.phi.weight, self.psi.weight, self.beta.weight])
@@ -145,11 +141,11 @@ class SANPairwise(_VectorAttention):
         axes = (torch.linspace(-1., 1., width, device=x.device), torch.linspace(-1., 1., height, device=x.device))
         grid = torch.stack(torch.meshgrid(*axes, indexing="xy"))[None].to(self.position.weight.dtype)  # 1, 2, H, W
         p = self.position(grid)
-        return local_subtraction(self._centres(p), p, self.relation_footprint, self.impl)
+        return local_subtraction(self.footprint.centres(p), p, self.relation_footprint, self.impl)
 
     def mapped_relations(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
         fp = self.relation_footprint
-        q, k = self._centres(phi), psi  # q: B, C/16, Ho, Wo; k: B, C/16, H, W
+        q, k = self.footprint.centres(phi), psi  # q: B, C/16, Ho, Wo; k: B, C/16, H, W
         if self.relation == "subtraction":
             delta = local_subtraction(q, k, fp, self.impl)  # B, C/16, K, Ho, Wo
         elif self.relation == "dot":
@@ -193,9 +189,9 @@ class SANPatchwise(_VectorAttention):
             psi = local_patches(psi, fp, self.impl).to(phi.dtype)
             delta = torch.einsum("bcjhw,bckhw->bjkhw", phi, psi).flatten(1, 2)  # B, K*K, Ho, Wo
         elif self.relation == "star":
-            delta = local_logits(self._centres(phi), psi, fp, 1, impl=self.impl).flatten(1, 2)  # B, K, Ho, Wo
+            delta = local_logits(self.footprint.centres(phi), psi, fp, 1, impl=self.impl).flatten(1, 2)  # B, K, Ho, Wo
         else:
-            phi = self._centres(phi)
+            phi = self.footprint.centres(phi)
             patches = local_patches(psi, fp, self.impl).to(phi.dtype).flatten(1, 2)  # B, C/16*K, Ho, Wo
             delta = torch.cat([phi, patches], 1)  # B, C/16*(K+1), Ho, Wo
         weights = self.gamma(delta)  # B, G*K, Ho, Wo

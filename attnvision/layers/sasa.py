@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from attnvision.errors import ConfigError, check_choice
-from attnvision.ops import Footprint, local_aggregate, local_attention, local_logits, local_softmax
+from attnvision.ops import (Footprint, local_aggregate, local_attention, local_logits, local_softmax,
+                            mask_outside)
 
 __all__ = ["SASAttention", "POSITIONAL_ENCODINGS", "LOGITS", "relative_embedding", "sinusoidal_encoding_2d"]
 
@@ -125,9 +126,7 @@ class SASAttention(nn.Module):
         b, _, height, width = q.shape
         logits = torch.einsum("bgdhw,gdk->bgkhw", q.reshape(b, self.num_heads, self.head_dim, height, width),
                               self.relative_embeddings().to(q.dtype))  # B, heads, K, H, W
-        if self.footprint.padding == "mask":
-            logits = logits.masked_fill(~self.footprint.valid_mask(height, width, q.device), float("-inf"))
-        return logits
+        return mask_outside(logits, self.footprint, height, width)
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """B × heads × K × H × W softmax weights of every window (what ``forward`` aggregates with)."""

@@ -64,6 +64,10 @@ class Footprint:
             return F.pad(x, self.pads(), mode="reflect")
         return F.pad(x, self.pads())
 
+    def centres(self, x: torch.Tensor) -> torch.Tensor:
+        """x sampled at the window centres (every ``stride``-th pixel), the Ho×Wo grid of the output."""
+        return x if self.stride == 1 else x[..., ::self.stride, ::self.stride]
+
     def offsets(self, device=None) -> torch.Tensor:
         """K×2 relative positions (dy, dx) of the window elements, in pixels, row-major like the K axis."""
         (kh, kw), dil = self.kernel_size, self.dilation

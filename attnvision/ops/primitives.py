@@ -26,7 +26,7 @@ from .kernels import accumulate_dtype
 from .footprint import Footprint
 
 __all__ = ["IMPLS", "set_default_impl", "resolve_impl", "local_logits", "local_patches", "local_subtraction",
-           "local_aggregate", "local_softmax", "local_attention", "axial_footprint"]
+           "local_aggregate", "local_softmax", "local_attention", "axial_footprint", "mask_outside"]
 
 IMPLS = ("auto", "reference", "fast")
 _default_impl = os.environ.get("AV_OPS_IMPL", "auto")
@@ -69,7 +69,8 @@ def _geometry(fp: Footprint):
     return kh, kw, fp.stride, fp.dilation
 
 
-def _mask_invalid(logits: torch.Tensor, fp: Footprint, height: int, width: int) -> torch.Tensor:
+def mask_outside(logits: torch.Tensor, fp: Footprint, height: int, width: int) -> torch.Tensor:
+    """B×G×K×Ho×Wo ``logits`` with -inf at the neighbours outside a height×width input in ``mask`` mode."""
     if fp.padding != "mask":
         return logits
     valid = fp.valid_mask(height, width, logits.device)  # K, Ho, Wo
@@ -113,7 +114,7 @@ def local_logits(q: torch.Tensor, k: torch.Tensor, fp: Footprint, num_heads: int
                                        rel_q.to(logits.dtype).expand(g, -1, -1))
     if rel_k is not None:
         logits = logits + _key_position_term(k.to(logits.dtype), rel_k.to(logits.dtype), fp, num_heads)
-    return _mask_invalid(logits, fp, height, width)
+    return mask_outside(logits, fp, height, width)
 
 
 def local_patches(x: torch.Tensor, fp: Footprint, impl: Optional[str] = None) -> torch.Tensor:
