@@ -184,7 +184,8 @@ def test_global_axial_fast_path_matches_reference_with_gradients(axis):
 def test_local_axial_span_is_a_window():
     fp = axial_footprint(10, span=5, axis="width")
     assert fp.kernel_size == (1, 5) and fp.padding == "mask"
-    assert axial_footprint(10, span=10).kernel_size == (1, 19)
+    assert axial_footprint(10, span=19).kernel_size == axial_footprint(10, span=25).kernel_size == (1, 19)
+    assert axial_footprint(10, span=11).kernel_size == (1, 11)  # 11 < 2·10 - 1: a window, not the whole axis
 
 
 def test_impl_selection_and_override(monkeypatch):

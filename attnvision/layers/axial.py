@@ -3,118 +3,110 @@ y_o = sum_p softmax_p(q_o·k_p + q_o·r^q_{p-o} + k_p·r^k_{p-o}) (v_p + r^v_{p-
 
 "Axial-DeepLab: Stand-Alone Axial-Attention for Panoptic Segmentation", Wang et al., ECCV 2020 -
 https://arxiv.org/abs/2003.07853. Authors' PyTorch code: https://github.com/csrhddlam/axial-deeplab
-(``lib/models/axialnet.py``), whose layer this follows (../shared/reference/papers.md §4.5):
-  - one bias-free 1×1 projection C → 2·C_out: per head C_out/heads/2 query and key channels and C_out/heads
-    value channels, followed by a BatchNorm;
-  - the three logit maps q·k, q·r^q and k·r^k are batch-normalised separately (one BatchNorm over 3 × heads
-    maps) and summed; no 1/sqrt(d) scale; the softmax runs over the positions p of the axis;
-  - the two outputs sum_p w v_p and sum_p w r^v are batch-normalised separately and summed;
+(``lib/models/axialnet.py``), whose layer this follows (../shared/reference/papers.md §4.5), through the
+position-sensitive operator of ``ps_attention.py`` (projection, BatchNorms):
+  - per head C_out/heads/2 query and key channels and C_out/heads value channels;
   - one relative table per layer, shared by the heads: r^q and r^k of C_out/heads/2 channels and r^v of
     C_out/heads, one column per offset p - o.
 Deviations and additions:
-  - ``span``: None (default) or m >= the axis length is global attention; a smaller odd m restricts p to
-    |p - o| <= m // 2 (the paper's 1 × m region), masked out of the softmax. The table has 2·L - 1 columns for
-    the global span, L = ``length`` (the axis length at the configured image size), and m columns for a local
-    span. A global layer meeting another length L' resamples its table linearly to 2·L' - 1 columns, so one
-    model runs at any input size (the authors' code is fixed to 224).
+  - ``span``: None (default) is global attention; an odd m restricts p to |p - o| <= m // 2 (the paper's 1 × m
+    region). A window covers the axis from every pixel once m >= 2·L - 1, and then equals the global layer.
+  - Table size: the global table has 2·L - 1 columns, L = ``length`` (the axis length at the configured image
+    size), and a global layer meeting another length L' resamples it linearly to 2·L' - 1 columns, so one model
+    runs at any input size (the authors' code is fixed to 224). A local span has a table of m columns.
+    ``table_span`` = T instead fixes the table at 2·T - 1 columns, read at its centre for any length <= T, as the
+    authors' TF2 re-implementation (deeplab2, ``MAX_SPAN`` = 255) does; Table 1's parameter counts need it.
   - ``position_terms``: any subset of ('q', 'k', 'v'); the table and the logit BatchNorm hold only the enabled
     terms. With none, the layer is permutation-equivariant along its axis.
-  - Computed as dense L × L matmuls per row or column (a local span masks the band), as the authors do.
+  - Computation: a global layer runs dense L × L matmuls per row or column with the relative embeddings gathered
+    as D × L × L, as the authors do (and counts their multiply-adds). A local window, and the reference path of a
+    global layer (``impl='reference'`` or ``set_default_impl('reference')``), run the shared ops core's footprint
+    primitives over a 1 × m or 1 × (2·L - 1) window with masked borders, whose fast kernels make a local layer
+    cost O(H·W·m). The paths agree (tests).
+  - The relative offsets are p - o for all three terms (the authors' code reads r^q and r^v at o - p): the same
+    family of tables, mirrored.
 """
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attnvision.errors import ConfigError, check_choice
+from attnvision.ops import (axial_footprint, axial_image, axial_lines, dense_axial_logits, dense_axial_outputs,
+                             requested_impl)
 
-__all__ = ["AxialAttention", "AxialSpatial"]
+from .ps_attention import POSITION_TERMS, PositionSensitiveAttention
+
+__all__ = ["AxialAttention", "AxialSpatial", "STRIDE_MODES"]
+
+STRIDE_MODES = ("pool", "axis")
 
 
-class AxialAttention(nn.Module):
+class AxialAttention(PositionSensitiveAttention):
     """Multi-head position-sensitive attention along ``axis`` ('height' or 'width') of a B × C × H × W map.
 
     Widths: projection C → 2·C_out (1×1, no bias); heads of C_out/heads/2 query and key channels and C_out/heads
-    value channels; relative table (sum of the enabled terms' widths) × (2·length - 1 or span).
+    value channels; relative table (sum of the enabled terms' widths) × (2·length - 1, span or 2·table_span - 1).
     """
 
     def __init__(self, dim: int, dim_out: int, axis: str = "height", length: int = 56, span: Optional[int] = None,
-                 num_heads: int = 8, position_terms: Sequence[str] = ("q", "k", "v")):
-        super().__init__()
+                 num_heads: int = 8, position_terms: Sequence[str] = POSITION_TERMS,
+                 table_span: Optional[int] = None, impl: Optional[str] = None):
+        super().__init__(dim, dim_out, num_heads, 0.5, position_terms, impl)
         check_choice("axis", axis, ("height", "width"))
-        for term in position_terms:
-            check_choice("position_terms", term, ("q", "k", "v"))
-        head_dim = dim_out // num_heads if num_heads > 0 else 0
-        if head_dim < 2 or dim_out % num_heads or head_dim % 2:
-            raise ConfigError(f"heads={num_heads} does not split {dim_out} channels into heads of an even width")
         if span is not None and (span < 1 or span % 2 == 0):
             raise ConfigError(f"span={span} must be a positive odd window length (or null for the whole axis)")
-        self.axis, self.length, self.num_heads, self.head_dim = axis, length, num_heads, head_dim
-        self.local = span is not None and span < length
-        self.span = span if self.local else None
-        self.terms = tuple(t for t in ("q", "k", "v") if t in position_terms)
-        self.widths = {"q": head_dim // 2, "k": head_dim // 2, "v": head_dim}
-        self.qkv = nn.Conv1d(dim, 2 * dim_out, 1, bias=False)
-        self.bn_qkv = nn.BatchNorm1d(2 * dim_out)
-        self.bn_logits = nn.BatchNorm2d((1 + len([t for t in self.terms if t != "v"])) * num_heads)
-        self.bn_output = nn.BatchNorm1d((2 if "v" in self.terms else 1) * dim_out)
-        columns = span if self.local else 2 * length - 1
+        if table_span is not None and (table_span < 1 or (span is not None and span > 2 * table_span - 1)):
+            raise ConfigError(f"table_span={table_span} must be positive and hold the span={span} window "
+                              f"(2·table_span - 1 >= span)")
+        self.axis, self.length, self.span, self.table_span = axis, length, span, table_span
+        self.resampled = table_span is None and (span is None or span >= 2 * length - 1)  # the global table
+        columns = 2 * table_span - 1 if table_span else (2 * length - 1 if self.resampled else span)
         rows = sum(self.widths[t] for t in self.terms)
-        self.relative = nn.Parameter(torch.randn(rows, columns) * head_dim ** -0.5) if rows else None
-        self.init_weights()
+        self.relative = nn.Parameter(torch.randn(rows, columns) * self.head_dim ** -0.5) if rows else None
 
-    def init_weights(self):
-        """The authors' init: the projection N(0, 1/C), the table N(0, 1/head_dim) (set in __init__)."""
-        nn.init.normal_(self.qkv.weight, std=self.qkv.in_channels ** -0.5)
+    def window(self, length: int) -> Optional[int]:
+        """The window length m on an axis of ``length``, None when it covers the axis (global)."""
+        return self.span if self.span is not None and self.span < 2 * length - 1 else None
 
-    def relative_embeddings(self, length: int) -> dict:
-        """{term: D × L × L} embeddings r_{p-o} for query o (dim 1) and key p (dim 2) on an axis of ``length``."""
+    def relative_table(self, length: int) -> Dict[str, torch.Tensor]:
+        """{term: widths[t] × K embeddings} for the K offsets of an axis of ``length`` (K = 2·length - 1, or the
+        window), column K // 2 being offset 0."""
         if self.relative is None:
             return {}
+        offsets = self.window(length) or 2 * length - 1
         table = self.relative
-        if not self.local and length != self.length:  # resample the global table to 2·L' - 1 offsets
-            table = F.interpolate(table[None], size=2 * length - 1, mode="linear", align_corners=True)[0]
-        centre = table.shape[1] // 2
-        pos = torch.arange(length, device=table.device)
-        offset = (pos[None, :] - pos[:, None]).clamp(-centre, centre) + centre  # L, L: p - o, clamped to the table
-        embeddings = table[:, offset]  # rows, L, L
-        return dict(zip(self.terms, embeddings.split([self.widths[t] for t in self.terms])))
+        if self.resampled:
+            if offsets != table.shape[1]:
+                table = F.interpolate(table[None], size=offsets, mode="linear", align_corners=True)[0]
+        elif offsets > table.shape[1]:
+            raise ConfigError(f"an axis of {length} pixels has offsets up to ±{length - 1}, beyond the "
+                              f"table_span={self.table_span} table; raise model.table_span")
+        else:
+            first = (table.shape[1] - offsets) // 2
+            table = table[:, first:first + offsets]
+        return dict(zip(self.terms, table.split([self.widths[t] for t in self.terms])))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.axis == "height":
-            x = x.transpose(2, 3)  # B, C, W, H: attend along the last dim
-        b, c, other, length = x.shape
-        g, d = self.num_heads, self.head_dim
-        lines = x.permute(0, 2, 1, 3).reshape(b * other, c, length)  # B·other, C, L
-        qkv = self.bn_qkv(self.qkv(lines)).view(b * other, g, 2 * d, length)
-        q, k, v = qkv.split([d // 2, d // 2, d], 2)  # N, heads, d/2 | d/2 | d, L
-        rel = self.relative_embeddings(length)
-        logits = [torch.einsum("ngci,ngcj->ngij", q, k)]  # N, heads, L (query o), L (key p)
-        if "q" in rel:
-            logits.append(torch.einsum("ngci,cij->ngij", q, rel["q"].to(q.dtype)))
-        if "k" in rel:
-            logits.append(torch.einsum("ngcj,cij->ngij", k, rel["k"].to(k.dtype)))
-        logits = self.bn_logits(torch.cat(logits, 1))  # N, terms·heads, L, L
-        logits = logits.view(b * other, -1, g, length, length).sum(1)  # N, heads, L, L
-        if self.local:
-            pos = torch.arange(length, device=x.device)
-            outside = (pos[None, :] - pos[:, None]).abs() > self.span // 2
-            logits = logits.masked_fill(outside, float("-inf"))
-        weights = logits.softmax(-1)
-        out = [torch.einsum("ngij,ngcj->ngci", weights, v)]  # N, heads, d, L
-        if "v" in rel:
-            out.append(torch.einsum("ngij,cij->ngci", weights, rel["v"].to(weights.dtype)))
-        out = self.bn_output(torch.cat(out, 1).reshape(b * other, -1, length))  # N, (1 or 2)·C_out, L
-        out = out.view(b * other, -1, g * d, length).sum(1)  # N, C_out, L
-        out = out.view(b, other, g * d, length).permute(0, 2, 1, 3)  # B, C_out, other, L
-        return out.transpose(2, 3) if self.axis == "height" else out
+        q, k, v = self.project(x)
+        length = x.shape[2 if self.axis == "height" else 3]
+        window = self.window(length)
+        rel = self.relative_table(length)
+        if window is not None or requested_impl(self.impl) == "reference":
+            return self.attend(q, k, v, axial_footprint(length, window, self.axis), rel)
+        q, k, v = (axial_lines(t, self.axis, self.num_heads) for t in (q, k, v))  # B·other, heads, c, L
+        weights = self.combine_logits(dense_axial_logits(q, k, rel.get("q"), rel.get("k")), None).softmax(-1)
+        outputs = dense_axial_outputs(weights, v, rel.get("v"))  # B·other, heads, d, L
+        return self.combine_outputs([axial_image(o, self.axis, x.shape[0]) for o in outputs])
 
 
 class AxialSpatial(nn.Sequential):
-    """The spatial layer of an axial bottleneck: height-axis then width-axis attention, then (``stride`` > 1) an
-    average pool over both axes after the width layer, as the authors' code strides (the paper strides each axis
-    after its own layer). Both layers end in their own BatchNorm (``normalizes_output``).
+    """The spatial layer of an axial bottleneck: height-axis then width-axis attention, strided (``stride`` > 1) by
+    ``stride_mode``: ``pool`` (default), a stride × stride average pool after the width layer, as the authors'
+    code; ``axis``, an average pool along the height after the height layer and along the width after the width
+    layer, as the paper describes ("striding on each axis after its layer"). Both layers end in their own
+    BatchNorm (``normalizes_output``).
 
     ``input_size`` is the side of the input at the configured image size (the ResNet skeleton passes it); it
     sizes the global tables. ``kernel_size`` is accepted for the spatial-layer signature and is the span when
@@ -125,9 +117,15 @@ class AxialSpatial(nn.Sequential):
 
     def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: Optional[int] = None,
                  num_heads: int = 8, span: Optional[int] = None, input_size: int = 56,
-                 position_terms: Sequence[str] = ("q", "k", "v")):
+                 position_terms: Sequence[str] = POSITION_TERMS, table_span: Optional[int] = None,
+                 stride_mode: str = "pool"):
+        check_choice("stride_mode", stride_mode, STRIDE_MODES)
         span = span if span is not None else kernel_size
+        axial = dict(span=span, num_heads=num_heads, position_terms=position_terms, table_span=table_span)
+        strided = stride > 1
+        per_axis = strided and stride_mode == "axis"
         super().__init__(
-            AxialAttention(dim, dim_out, "height", input_size, span, num_heads, position_terms),
-            AxialAttention(dim_out, dim_out, "width", input_size, span, num_heads, position_terms),
-            nn.AvgPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity())
+            AxialAttention(dim, dim_out, "height", input_size, **axial),
+            nn.AvgPool2d((stride, 1), ceil_mode=True) if per_axis else nn.Identity(),
+            AxialAttention(dim_out, dim_out, "width", input_size, **axial),
+            nn.AvgPool2d((1, stride) if per_axis else stride, ceil_mode=True) if strided else nn.Identity())

@@ -6,7 +6,7 @@ import timm
 from torch import nn
 
 from attnvision.errors import ConfigError
-from . import axial, lrnet, resnet, san, sasa
+from . import axial, lrnet, ps_resnet, resnet, san, sasa
 
 __all__ = ["FAMILIES", "Family", "create_model", "model_name"]
 
@@ -32,8 +32,9 @@ FAMILIES: dict = {
                           {"stem": {"conv": "", "attention": "_attn_stem"}}),
     "lrnet": Family({26: "lrnet26{stem}", 50: "lrnet50{stem}", "test": "test_lrnet{stem}"},
                     {"stem": {"relation": "", "conv": "_conv_stem"}}),
-    "axial_resnet": Family({26: "axial26{width}", 50: "axial50{width}", "test": "test_axial_resnet"},
-                           {"width": {"s": "s", "m": "m", "l": "l"}}),
+    "ps_resnet": Family({26: "ps_resnet26", 38: "ps_resnet38", 50: "ps_resnet50", "test": "test_ps_resnet"}),
+    "axial_resnet": Family({26: "axial26{width}{stem}", 50: "axial50{width}{stem}", "test": "test_axial_resnet{stem}"},
+                           {"width": {"s": "s", "m": "m", "l": "l"}, "stem": {"conv": "", "axial": "_full"}}),
 }
 
 

@@ -16,7 +16,7 @@ runs as one fused kernel, ``fused.py``) or ``'auto'`` (fast where its kernels ex
 (G or 1, D, K): per head, or shared across heads.
 """
 import os
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -25,8 +25,10 @@ from .fused import nbr_attention
 from .kernels import accumulate_dtype
 from .footprint import Footprint
 
-__all__ = ["IMPLS", "set_default_impl", "resolve_impl", "local_logits", "local_patches", "local_subtraction",
-           "local_aggregate", "local_softmax", "local_attention", "axial_footprint", "mask_outside"]
+__all__ = ["IMPLS", "set_default_impl", "requested_impl", "resolve_impl", "local_logits", "local_patches",
+           "local_subtraction", "local_aggregate", "local_softmax", "local_attention", "axial_footprint",
+           "mask_outside", "query_position_term", "key_position_term", "axial_lines", "axial_image",
+           "dense_axial_logits", "dense_axial_outputs"]
 
 IMPLS = ("auto", "reference", "fast")
 _default_impl = os.environ.get("AV_OPS_IMPL", "auto")
@@ -48,9 +50,14 @@ def _triton_available() -> bool:
     return True
 
 
+def requested_impl(impl: Optional[str] = None) -> str:
+    """``impl``, or the default one when it is None, before 'auto' is resolved for a device."""
+    return impl or _default_impl
+
+
 def resolve_impl(impl: Optional[str], device: torch.device) -> str:
     """'reference' or 'fast' for ``impl`` (None = the default) on ``device``."""
-    impl = impl or _default_impl
+    impl = requested_impl(impl)
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is unknown; choose one of {', '.join(IMPLS)}")
     fast = cpu.available() if device.type == "cpu" else device.type == "cuda" and _triton_available()
@@ -77,7 +84,15 @@ def mask_outside(logits: torch.Tensor, fp: Footprint, height: int, width: int) -
     return logits.masked_fill(~valid, float("-inf"))
 
 
-def _key_position_term(k: torch.Tensor, rel_k: torch.Tensor, fp: Footprint, num_heads: int) -> torch.Tensor:
+def query_position_term(q: torch.Tensor, rel_q: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """B×G×K×Ho×Wo term q_i·rel_q[j-i]: every query (at the window centres) on every offset's embedding (D×K,
+    shared by the heads, or G×D×K)."""
+    b, c, ho, wo = q.shape
+    return torch.einsum("bgdhw,gdk->bgkhw", q.reshape(b, num_heads, c // num_heads, ho, wo),
+                        rel_q.to(q.dtype).expand(num_heads, -1, -1))
+
+
+def key_position_term(k: torch.Tensor, rel_k: torch.Tensor, fp: Footprint, num_heads: int) -> torch.Tensor:
     """B×G×K×Ho×Wo term k_j·rel_k[j-i]: project every key on every offset's embedding, then gather each offset's
     neighbour. Out-of-image neighbours read an appended zero column (zero keys), reflected ones their mirror."""
     b, c, height, width = k.shape
@@ -110,10 +125,9 @@ def local_logits(q: torch.Tensor, k: torch.Tensor, fp: Footprint, num_heads: int
     logits = ops.nbr_dot(q.reshape(b * g, d, ho, wo), kp.reshape(b * g, d, hp, wp), *_geometry(fp))
     logits = logits.view(b, g, fp.num_offsets, ho, wo).to(accumulate_dtype(q))
     if rel_q is not None:
-        logits = logits + torch.einsum("bgdhw,gdk->bgkhw", q.reshape(b, g, d, ho, wo).to(logits.dtype),
-                                       rel_q.to(logits.dtype).expand(g, -1, -1))
+        logits = logits + query_position_term(q.to(logits.dtype), rel_q, num_heads)
     if rel_k is not None:
-        logits = logits + _key_position_term(k.to(logits.dtype), rel_k.to(logits.dtype), fp, num_heads)
+        logits = logits + key_position_term(k.to(logits.dtype), rel_k.to(logits.dtype), fp, num_heads)
     return mask_outside(logits, fp, height, width)
 
 
@@ -190,40 +204,50 @@ def _global_axis(fp: Footprint, height: int, width: int) -> Optional[str]:
     return None
 
 
-def _dense_axial_attention(q, k, v, axis: str, num_heads: int, rel_q, rel_k, rel_v, head_bias):
-    """Global axial attention as dense per-line matmuls (L×L logits per row or column, relative terms gathered
-    from the 2L-1 embeddings): the fast path for a global span, where half of a 1×(2L-1) window is off-image."""
+def axial_lines(t: torch.Tensor, axis: str, num_heads: int) -> torch.Tensor:
+    """B×C×H×W -> (B·other)×heads×C/heads×L: the rows (``axis='width'``) or columns (``'height'``) as sequences."""
     if axis == "height":
-        q, k, v = (t.transpose(2, 3) for t in (q, k, v))
-    b, c, other, length = q.shape
-    cv = v.shape[1]
+        t = t.transpose(2, 3)  # B, C, W, H: the axis last
+    b, c, other, length = t.shape
+    return t.permute(0, 2, 1, 3).reshape(b * other, num_heads, c // num_heads, length)
 
-    def lines(t, channels):  # B, C, other, L -> B·other, heads, d, L
-        return t.permute(0, 2, 1, 3).reshape(b * other, num_heads, channels // num_heads, length)
 
-    qs, ks, vs = lines(q, c), lines(k, c), lines(v, cv)
-    dtype = accumulate_dtype(q)
-    n = qs.shape[0]
-    index = torch.arange(length, device=q.device)
-    index = (index[None, :] - index[:, None] + length - 1).expand(n, num_heads, -1, -1)  # offset j - i, per (i, j)
+def axial_image(lines: torch.Tensor, axis: str, batch: int) -> torch.Tensor:
+    """The inverse of ``axial_lines``: (B·other)×heads×D×L -> B×(heads·D)×H×W."""
+    n, g, d, length = lines.shape
+    t = lines.reshape(batch, n // batch, g * d, length).permute(0, 2, 1, 3)  # B, C, other, L
+    return t.transpose(2, 3) if axis == "height" else t
 
-    def per_offset(t, rel):  # project every position on all 2L-1 embeddings: N, heads, L, 2L-1 (a small matmul)
-        return torch.einsum("nhdi,hdo->nhio", t.to(dtype), rel.to(dtype).expand(num_heads, -1, -1))
 
-    logits = torch.einsum("nhdi,nhdj->nhij", qs.to(dtype), ks.to(dtype))
+def _relative_lines(rel: torch.Tensor, num_heads: int, length: int) -> torch.Tensor:
+    """heads×D×L×L embeddings r[j-i] for query i and key j from D×(2L-1) (shared) or heads×D×(2L-1) ones."""
+    pos = torch.arange(length, device=rel.device)
+    return rel.expand(num_heads, *rel.shape[-2:])[..., pos[None, :] - pos[:, None] + length - 1]
+
+
+def dense_axial_logits(q: torch.Tensor, k: torch.Tensor, rel_q: Optional[torch.Tensor] = None,
+                       rel_k: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    """The logit terms of global axial attention on lines (``axial_lines``), each N×heads×L×L: q_i·k_j, then
+    q_i·rel_q[j-i] and k_j·rel_k[j-i] when given (D×(2L-1) embeddings shared by the heads, or heads×D×(2L-1)).
+    Dense matmuls with the embeddings gathered as D×L×L, as Axial-DeepLab computes them."""
+    n, g, _, length = q.shape
+    terms = [torch.einsum("nhdi,nhdj->nhij", q, k)]
     if rel_q is not None:
-        logits = logits + per_offset(qs, rel_q).gather(-1, index)
-    if rel_k is not None:  # k_j·r[j-i]: row j of the projection, read at offset j - i
-        logits = logits + per_offset(ks, rel_k).gather(-1, index.transpose(-1, -2)).transpose(-1, -2)
-    if head_bias is not None:
-        logits = logits + head_bias.to(dtype)[:, index[0, 0]]
-    weights = logits.softmax(-1)
-    out = torch.einsum("nhij,nhdj->nhdi", weights, vs.to(dtype))
-    if rel_v is not None:  # sum_j w_ij r[j-i]: spread the weights onto their offsets, then one matmul
-        spread = weights.new_zeros(*weights.shape[:3], 2 * length - 1).scatter_(-1, index, weights)
-        out = out + torch.einsum("nhio,hdo->nhdi", spread, rel_v.to(dtype).expand(num_heads, -1, -1))
-    out = out.reshape(b, other, cv, length).permute(0, 2, 1, 3)  # B, Cv, other, L
-    return out.transpose(2, 3) if axis == "height" else out
+        terms.append(torch.einsum("nhdi,hdij->nhij", q, _relative_lines(rel_q.to(q.dtype), g, length)))
+    if rel_k is not None:
+        terms.append(torch.einsum("nhdj,hdij->nhij", k, _relative_lines(rel_k.to(k.dtype), g, length)))
+    return terms
+
+
+def dense_axial_outputs(weights: torch.Tensor, v: torch.Tensor,
+                        rel_v: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    """The outputs of global axial attention on lines, each N×heads×D×L: sum_j w_ij v_j, then sum_j w_ij rel_v[j-i]
+    when given."""
+    outputs = [torch.einsum("nhij,nhdj->nhdi", weights, v)]
+    if rel_v is not None:
+        rel = _relative_lines(rel_v.to(weights.dtype), weights.shape[1], weights.shape[-1])
+        outputs.append(torch.einsum("nhij,hdij->nhdi", weights, rel))
+    return outputs
 
 
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint, num_heads: int,
@@ -238,7 +262,12 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footp
     head_bias = None if bias is None else _per_head_bias(bias, num_heads, fp.num_offsets)
     axis = _global_axis(fp, *k.shape[-2:])
     if axis is not None and resolve_impl(impl, q.device) == "fast" and (bias is None or head_bias is not None):
-        return _dense_axial_attention(q, k, v, axis, num_heads, rel_q, rel_k, rel_v, head_bias)
+        dtype = accumulate_dtype(q)
+        qs, ks, vs = (axial_lines(t.to(dtype), axis, num_heads) for t in (q, k, v))
+        logits = sum(dense_axial_logits(qs, ks, rel_q, rel_k))  # N, heads, L, L
+        if head_bias is not None:
+            logits = logits + _relative_lines(head_bias.to(dtype)[:, None], num_heads, qs.shape[-1])[:, 0]
+        return axial_image(sum(dense_axial_outputs(logits.softmax(-1), vs, rel_v)), axis, q.shape[0])
     if (q.device.type == "cpu" and resolve_impl(impl, q.device) == "fast" and rel_k is None and rel_v is None
             and (bias is None or head_bias is not None)):
         b, c, ho, wo = q.shape
@@ -261,10 +290,11 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footp
 def axial_footprint(length: int, span: Optional[int] = None, axis: str = "width", stride: int = 1) -> Footprint:
     """The footprint of axial attention along ``axis`` of an axis of ``length`` pixels.
 
-    ``span`` is the window length m (odd); None or m >= length means global: every pixel of the axis, with the
-    2·length - 1 relative offsets of Axial-DeepLab's embedding table. Borders are masked, never padded in.
+    ``span`` is the window length m (odd); None or m >= 2·length - 1 (a window that covers the axis from every
+    pixel) means global: the 2·length - 1 relative offsets of Axial-DeepLab's embedding table. Borders are masked,
+    never padded in.
     """
     if axis not in ("height", "width"):
         raise ValueError(f"axis={axis!r} is unknown; choose one of height, width")
-    m = 2 * length - 1 if span is None or span >= length else span
+    m = 2 * length - 1 if span is None or span >= 2 * length - 1 else span
     return Footprint((m, 1) if axis == "height" else (1, m), stride=stride, padding="mask")

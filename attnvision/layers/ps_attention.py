@@ -1,0 +1,136 @@
+"""Axial-DeepLab's position-sensitive self-attention over a footprint R(o), and its k×k 2-D layer (Table 1's
+"PS-Attention"): y_o = sum_{p in R(o)} softmax_p(q_o·k_p + q_o·r^q_{p-o} + k_p·r^k_{p-o}) (v_p + r^v_{p-o}).
+
+"Axial-DeepLab: Stand-Alone Axial-Attention for Panoptic Segmentation", Wang et al., ECCV 2020 -
+https://arxiv.org/abs/2003.07853 (../shared/reference/papers.md §4.1). The BatchNorms follow the authors' PyTorch
+axial layer (csrhddlam/axial-deeplab ``lib/models/axialnet.py``), which the paper says all its attention layers use:
+  - one bias-free 1×1 projection to per-head q, k and v channels, then a BatchNorm over them;
+  - the logit terms q·k, q·r^q and k·r^k are batch-normalised separately (one BatchNorm over terms × heads maps)
+    and summed; no 1/sqrt(d) scale;
+  - the outputs sum_p w v_p and sum_p w r^v are batch-normalised separately and summed; the layer therefore ends
+    in its own BatchNorm (``normalizes_output``: the ResNet block adds none after it).
+Deviation: the logit BatchNorm takes its statistics over the (o, p) pairs the softmax can attend (inside the image
+and the window); in a dense L × L axial layer with a global span those are all pairs, as in the authors' code.
+
+``PSAttention`` is the 2-D k×k layer of Table 1: SASA's layer (``sasa.py``: dense q, k, v of C_out channels,
+heads, factorised row/column relative embeddings shared by the heads, mask borders, stride by a 2×2 average pool
+after the attention) with the k·r^k and r^v terms and the BatchNorms added. ``position_terms`` switches r^q, r^k
+and r^v on or off; ``position_terms=('q',)`` is Table 1's "Conv-Stem + Attention" with BN.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from attnvision.errors import ConfigError, check_choice
+from attnvision.ops import Footprint, key_position_term, local_aggregate, local_logits, local_softmax, query_position_term
+
+from .sasa import relative_embedding
+
+__all__ = ["PositionSensitiveAttention", "PSAttention", "POSITION_TERMS"]
+
+POSITION_TERMS = ("q", "k", "v")
+
+
+class PositionSensitiveAttention(nn.Module):
+    """The projection, the BatchNorms and the footprint computation shared by the 2-D and the axial layer.
+
+    Widths: C → heads × (2·qk_dim + head_dim) (1×1, no bias), head_dim = C_out / heads, qk_dim = ``qk_ratio`` ×
+    head_dim; the relative embeddings of term t have ``widths[t]`` channels (qk_dim for r^q and r^k, head_dim for
+    r^v), shared by the heads.
+    """
+
+    normalizes_output = True
+
+    def __init__(self, dim: int, dim_out: int, num_heads: int, qk_ratio: float, position_terms: Sequence[str],
+                 impl: Optional[str] = None):
+        super().__init__()
+        for term in position_terms:
+            check_choice("position_terms", term, POSITION_TERMS)
+        head_dim = dim_out // num_heads if num_heads > 0 else 0
+        if head_dim < 2 or dim_out % num_heads or head_dim % 2:
+            raise ConfigError(f"heads={num_heads} does not split {dim_out} channels into heads of an even width")
+        self.num_heads, self.head_dim, self.impl = num_heads, head_dim, impl
+        self.terms = tuple(t for t in POSITION_TERMS if t in position_terms)
+        qk_dim = int(head_dim * qk_ratio)
+        self.widths = {"q": qk_dim, "k": qk_dim, "v": head_dim}
+        self.qkv = nn.Conv2d(dim, num_heads * (2 * self.widths["q"] + head_dim), 1, bias=False)
+        self.bn_qkv = nn.BatchNorm2d(self.qkv.out_channels)
+        self.bn_logits = nn.BatchNorm2d((1 + len([t for t in self.terms if t != "v"])) * num_heads)
+        self.bn_output = nn.BatchNorm2d((2 if "v" in self.terms else 1) * dim_out)
+
+    def init_weights(self):
+        """The authors' init of the projection, N(0, 1/C); the relative tables start at N(0, 1/head_dim)."""
+        nn.init.normal_(self.qkv.weight, std=self.qkv.in_channels ** -0.5)
+
+    def project(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """q, k (B × heads·qk_dim × H × W) and v (B × C_out × H × W), each head's channels contiguous."""
+        b, _, height, width = x.shape
+        d = self.widths["q"]
+        qkv = self.bn_qkv(self.qkv(x)).view(b, self.num_heads, 2 * d + self.head_dim, height, width)
+        return [t.reshape(b, -1, height, width) for t in qkv.split([d, d, self.head_dim], 2)]  # per-head splits
+
+    def combine_logits(self, terms: List[torch.Tensor], attended: Optional[torch.Tensor]) -> torch.Tensor:
+        """Sum of the batch-normalised logit terms (each N × heads × S), -inf where ``attended`` (a boolean of
+        shape S, None = everywhere) is False; the BatchNorm sees the attended entries only."""
+        logits = torch.cat(terms, 1)  # N, terms·heads, S...
+        n, channels, *shape = logits.shape
+        if attended is None:
+            logits = self.bn_logits(logits.reshape(n, channels, -1, 1)).view(n, channels, *shape)
+        else:
+            normed = self.bn_logits(logits[:, :, attended].unsqueeze(-1)).squeeze(-1)  # N, terms·heads, attended
+            logits = logits.new_full(logits.shape, float("-inf"), dtype=normed.dtype)
+            logits[:, :, attended] = normed
+        return logits.view(n, len(terms), self.num_heads, *shape).sum(1)  # N, heads, S...
+
+    def combine_outputs(self, outputs: List[torch.Tensor]) -> torch.Tensor:
+        """Sum of the batch-normalised outputs sum_p w v_p and sum_p w r^v (each B × C_out × H × W)."""
+        y = self.bn_output(torch.cat(outputs, 1))  # B, (1 or 2)·C_out, H, W
+        return y.view(y.shape[0], len(outputs), -1, *y.shape[-2:]).sum(1)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint,
+               rel: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """B × C_out × H × W attention over ``fp`` (stride 1) through the shared ops core; ``rel`` maps the enabled
+        terms to their widths[t] × K embeddings, one column per offset of ``fp``."""
+        b, _, height, width = q.shape
+        terms = [local_logits(q, k, fp, self.num_heads, impl=self.impl)]  # B, heads, K, H, W
+        if "q" in rel:
+            terms.append(query_position_term(q.to(terms[0].dtype), rel["q"], self.num_heads))
+        if "k" in rel:
+            terms.append(key_position_term(k.to(terms[0].dtype), rel["k"].to(terms[0].dtype), fp, self.num_heads))
+        attended = fp.valid_mask(height, width, q.device) if fp.padding == "mask" else None
+        weights = local_softmax(self.combine_logits(terms, attended))  # B, heads, K, H, W
+        outputs = [local_aggregate(weights, v, fp, impl=self.impl)]
+        if "v" in rel:
+            outputs.append(torch.einsum("bgkhw,dk->bgdhw", weights, rel["v"].to(weights.dtype))
+                           .reshape(b, -1, height, width))
+        return self.combine_outputs([o.to(weights.dtype) for o in outputs])
+
+
+class PSAttention(PositionSensitiveAttention):
+    """k×k position-sensitive attention, a spatial layer of the ResNet skeleton (``spatial_layer='ps_attention'``).
+
+    Widths: q, k, v: C → C_out each, as SASA; per term a row table (widths[t]/2 × k) and a column table
+    (widths[t]/2 × k), the embedding of offset (a, b) being [rows[:, a]; cols[:, b]].
+    """
+
+    def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 7, num_heads: int = 8,
+                 position_terms: Sequence[str] = POSITION_TERMS, padding: str = "mask", impl: Optional[str] = None):
+        super().__init__(dim, dim_out, num_heads, 1.0, position_terms, impl)
+        self.footprint = Footprint(kernel_size, 1, 1, padding)
+        kh, kw = self.footprint.kernel_size
+        self.halves = halves = [self.widths[t] // 2 for t in self.terms]
+        self.rel_rows = nn.Parameter(torch.randn(sum(halves), kh) * self.head_dim ** -0.5) if halves else None
+        self.rel_cols = nn.Parameter(torch.randn(sum(halves), kw) * self.head_dim ** -0.5) if halves else None
+        self.pool = nn.AvgPool2d(stride, ceil_mode=True) if stride > 1 else nn.Identity()
+
+    def relative_embeddings(self) -> Dict[str, torch.Tensor]:
+        """{term: widths[t] × K embeddings} of the enabled terms."""
+        if not self.terms:
+            return {}
+        pairs = zip(self.rel_rows.split(self.halves), self.rel_cols.split(self.halves))
+        return {t: relative_embedding(rows, cols) for t, (rows, cols) in zip(self.terms, pairs)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.project(x)
+        return self.pool(self.attend(q, k, v, self.footprint, self.relative_embeddings()))
