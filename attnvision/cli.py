@@ -7,7 +7,7 @@ import hydra
 from attnvision.config import CONFIG_DIR, check_group_overrides
 from attnvision.errors import ConfigError
 
-__all__ = ["hydra_entry"]
+__all__ = ["hydra_entry", "report_written"]
 
 
 def _fail(err: Exception) -> None:
@@ -42,3 +42,15 @@ def hydra_entry(config_name: str, task: Callable[[Any], Any]) -> Callable[[], No
         _main()
 
     return main
+
+
+def report_written(produce: Callable[[], list]) -> int:
+    """A script's exit status: print every path ``produce()`` wrote (0), or its ConfigError as one line (2)."""
+    try:
+        written = produce()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -49,7 +49,9 @@ OmegaConf.register_new_resolver("av_main_only", main_process_only, replace=True)
 
 
 def group_options(group: str) -> List[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    """The configs of ``group``, those in subfolders as ``sub/name`` (``experiment=sasa_table4/k03``)."""
+    root = CONFIG_DIR / group
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
 
 
 def check_group_overrides(overrides: Iterable[str]) -> None:

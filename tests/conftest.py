@@ -46,3 +46,32 @@ def reference_and_fast_grads(layer, x):
         finally:
             set_default_impl("auto")
     return outs
+
+
+def train_interrupted(make_cfg, monkeypatch, *overrides, run="interrupted"):
+    """Train ``make_cfg(*overrides)`` into ``run`` and crash right after the first ``last.pt`` is written, as a
+    killed run; returns the path of that checkpoint."""
+    from pathlib import Path
+
+    import attnvision.engine.trainer as trainer_module
+    from attnvision.engine import train
+
+    class Crash(Exception):
+        pass
+
+    real_save = trainer_module.save_checkpoint
+
+    def save_then_crash(path, state):
+        real_save(path, state)
+        if Path(path).name == "last.pt":
+            raise Crash
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_crash)
+    cfg = make_cfg(*overrides, run=run)
+    try:
+        train(cfg)
+    except Crash:
+        return Path(cfg.paths.output_dir) / "last.pt"
+    finally:
+        monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    raise AssertionError("the run finished without writing last.pt")

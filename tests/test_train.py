@@ -1,6 +1,5 @@
 """The shared trainer end to end on tiny data: outputs, exact resume, evaluation, rows and tables."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ from attnvision.engine.checkpoint import load_checkpoint
 from attnvision.engine.evaluate import evaluate
 from attnvision.errors import ConfigError
 from attnvision.results import comparison_table, read_rows
+from conftest import train_interrupted
 
 TINY = ["data=synthetic", "model=resnet", "model.depth=test", "data.num_train=64", "data.num_val=32",
         "data.batch_size=16"]
@@ -35,10 +35,6 @@ def test_two_step_run_writes_everything(make_cfg, tmp_path):
     assert list(comparison_table(rows)["gmacs"]) == [round(metrics["macs"] / 1e9, 3)]
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_resume_matches_uninterrupted_run(make_cfg, tmp_path, monkeypatch, precision):
     """Kill a 2-epoch run right after its epoch-1 checkpoint, resume it, compare with a run never stopped."""
@@ -46,18 +42,7 @@ def test_resume_matches_uninterrupted_run(make_cfg, tmp_path, monkeypatch, preci
               "model.drop_path_rate=0.1"]
     straight = train(make_cfg(*common, run="straight")).model.state_dict()
 
-    import attnvision.engine.trainer as trainer_module
-    real_save = trainer_module.save_checkpoint
-
-    def save_then_crash(path, state):
-        real_save(path, state)
-        if Path(path).name == "last.pt":
-            raise Crash
-
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_crash)
-    with pytest.raises(Crash):
-        train(make_cfg(*common, run="interrupted"))
-    monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
+    train_interrupted(make_cfg, monkeypatch, *common)
     assert load_checkpoint(tmp_path / "interrupted" / "last.pt")["epoch"] == 1
 
     resumed = train(make_cfg(*common, f"trainer.resume={tmp_path / 'interrupted' / 'last.pt'}", run="resumed"))

@@ -1,14 +1,20 @@
-"""``count_flops.py``: parameters, MACs and FLOPs of a configured model, in total and per stage."""
+"""``count_flops.py``: parameters, MACs and FLOPs of a configured model, in total and per stage; each job of a
+multirun also writes its totals as a result row to ``<sweep dir>/rows/`` (``scripts/make_tables.py --sweep``)."""
 import json
+from pathlib import Path
 
 import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 
 from attnvision.errors import ConfigError
+from attnvision.results import write_row
+from attnvision.results.rows import git_commit
 
 from .complexity import count_complexity
 
-__all__ = ["count_flops"]
+__all__ = ["count_flops", "write_sweep_row"]
 
 CONVENTION_NOTES = {
     "macs": "MACs = multiply-adds of conv/linear/matmul/attention at batch 1; FLOPs = 2 x MACs",
@@ -35,4 +41,15 @@ def count_flops(cfg) -> dict:
         print(f"{arch} at {cfg.data.image_size}x{cfg.data.image_size}, {cfg.data.num_classes} classes ({unit})")
         print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
     print(json.dumps(totals))
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        write_sweep_row(cfg, totals)
     return totals
+
+
+def write_sweep_row(cfg, totals: dict) -> Path:
+    """This multirun job's row, ``<sweep dir>/rows/<job dir name>.json``: the totals, the model family, the job's
+    command-line overrides and the commit; single runs write none."""
+    hydra_cfg = HydraConfig.get()
+    row = {**totals, "family": cfg.model.family, "overrides": list(hydra_cfg.overrides.task),
+           "git_commit": git_commit()}
+    return write_row(Path(hydra_cfg.sweep.dir) / "rows", Path(hydra_cfg.runtime.output_dir).name, row)

@@ -5,6 +5,7 @@ from itertools import islice
 from typing import Callable, Optional
 
 import torch
+from timm.utils import ModelEmaV3, unwrap_model
 from torch import nn
 from tqdm import tqdm
 
@@ -37,8 +38,14 @@ def _to_device(images, targets, device, channels_last: bool):
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn: Callable, precision: Precision,
                     device: torch.device, num_updates: int, world_size: int = 1, channels_last: bool = False,
                     clip_grad: Optional[float] = None, limit_batches: Optional[int] = None, desc: str = "",
-                    show_progress: bool = True, on_step: Optional[Callable] = None, log_every: int = 10) -> dict:
-    """Run one epoch; returns mean loss, top-1 on the training batches, images/s (all ranks) and update count."""
+                    show_progress: bool = True, on_step: Optional[Callable] = None, log_every: int = 10,
+                    mixup: Optional[Callable] = None, ema: Optional[ModelEmaV3] = None) -> dict:
+    """Run one epoch; returns mean loss, top-1 on the training batches, images/s (all ranks) and update count.
+
+    ``mixup`` (timm's Mixup) mixes each batch and gives the soft targets ``loss_fn`` is computed against; top-1
+    still compares the prediction with each image's own, unmixed label. ``ema`` is updated with the unwrapped
+    model after every optimizer step.
+    """
     model.train()
     total = min(len(loader), limit_batches) if limit_batches else len(loader)
     # Running sums stay on the device; they are read (a host sync) only every `log_every` steps.
@@ -48,9 +55,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn: Cal
                leave=True)
     for step, (images, targets) in enumerate(bar, 1):
         images, targets = _to_device(images, targets, device, channels_last)
+        loss_targets = targets
+        if mixup is not None:
+            images, loss_targets = mixup(images, targets)
         with precision.autocast():
             logits = model(images)
-            loss = loss_fn(logits, targets)
+            loss = loss_fn(logits, loss_targets)
         optimizer.zero_grad(set_to_none=True)
         precision.scaler.scale(loss).backward()
         if clip_grad:
@@ -60,6 +70,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn: Cal
         precision.scaler.update()
         num_updates += 1
         scheduler.step_update(num_updates=num_updates)
+        if ema is not None:
+            ema.update(unwrap_model(model))
 
         sums += torch.stack([loss.detach().double() * len(targets), (logits.argmax(1) == targets).sum().double(),
                              torch.tensor(len(targets), dtype=torch.float64, device=device)])

@@ -24,6 +24,10 @@ def _positive_or_null(key: str, value) -> None:
         raise ConfigError(f"{key}={value!r} must be a positive integer or null")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def setup_runtime(trainer_cfg) -> Runtime:
     """Validate the trainer settings, pick the device, join torchrun's group and seed every generator."""
     if trainer_cfg.device not in ("auto", "cpu", "cuda"):
@@ -35,6 +39,13 @@ def setup_runtime(trainer_cfg) -> Runtime:
         _positive_or_null(f"trainer.{key}", trainer_cfg[key])
     if trainer_cfg.epochs is None:
         raise ConfigError("trainer.epochs=null must be a positive integer")
+    if not isinstance(trainer_cfg.ema, bool):
+        raise ConfigError(f"trainer.ema={trainer_cfg.ema!r} must be true or false")
+    if not _is_number(trainer_cfg.ema_decay) or not 0 <= trainer_cfg.ema_decay < 1:
+        raise ConfigError(f"trainer.ema_decay={trainer_cfg.ema_decay!r} must be a number in [0, 1)")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if not _is_number(trainer_cfg[key]) or trainer_cfg[key] < 0:
+            raise ConfigError(f"trainer.{key}={trainer_cfg[key]!r} must be a number >= 0 (0 turns it off)")
     device_type = trainer_cfg.device
     if device_type == "auto":
         device_type = "cuda" if torch.cuda.is_available() else "cpu"

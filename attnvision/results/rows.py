@@ -1,4 +1,5 @@
 """Atomic result rows. Each run writes its own file, so concurrent sweep jobs can never lose or tear a row."""
+import hashlib
 import json
 import os
 import subprocess
@@ -6,7 +7,9 @@ import tempfile
 from pathlib import Path
 from typing import List
 
-__all__ = ["write_json_atomic", "write_row", "read_rows", "atomic_write_bytes", "git_commit"]
+__all__ = ["write_json_atomic", "write_row", "read_rows", "read_sweep_rows", "atomic_write_bytes", "git_commit"]
+
+MAX_NAME_BYTES = 200  # file names stop at 255 bytes; multirun job names (their overrides) can get close
 
 
 def atomic_write_bytes(path, data: bytes) -> Path:
@@ -33,15 +36,34 @@ def write_json_atomic(path, obj: dict) -> Path:
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
+def _file_name(run_name: str) -> str:
+    """``run_name`` if short enough for a file name, else its head and a digest of the whole, still unique."""
+    if len(run_name.encode()) <= MAX_NAME_BYTES:
+        return run_name
+    digest = hashlib.sha1(run_name.encode()).hexdigest()[:12]
+    return run_name.encode()[:MAX_NAME_BYTES - 13].decode(errors="ignore") + "-" + digest
+
+
 def write_row(rows_dir, run_name: str, row: dict) -> Path:
     """Add ``row`` to the comparison table in ``rows_dir`` as its own file ``<run_name>.json``."""
-    return write_json_atomic(Path(rows_dir) / f"{run_name}.json", row)
+    return write_json_atomic(Path(rows_dir) / f"{_file_name(run_name)}.json", row)
+
+
+def _read(files) -> List[dict]:
+    """The JSON in ``files``, oldest first."""
+    return [json.loads(p.read_text()) for p in sorted(files, key=lambda p: (p.stat().st_mtime, p.name))]
 
 
 def read_rows(rows_dir) -> List[dict]:
     """Every row in ``rows_dir``, oldest file first; half-written temporaries are never visible."""
-    files = sorted(Path(rows_dir).glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name))
-    return [json.loads(p.read_text()) for p in files]
+    return _read(Path(rows_dir).glob("*.json"))
+
+
+def read_sweep_rows(sweep_dir) -> List[dict]:
+    """The rows of one multirun, oldest first: count_flops jobs write theirs to ``<sweep_dir>/rows/``, train jobs
+    keep theirs in their job directory as ``metrics.json`` (the same dict as their row in ``<log_dir>/rows``)."""
+    sweep_dir = Path(sweep_dir)
+    return _read([*sweep_dir.glob("rows/*.json"), *sweep_dir.glob("*/metrics.json")])
 
 
 def git_commit(cwd=None) -> str:
