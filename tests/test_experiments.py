@@ -36,6 +36,9 @@ def test_a_recipe_sets_its_imagenet_batch_and_lr_on_imagenet_only(make_cfg):
     assert (digits.optim.opt, digits.optim.lr, digits.trainer.epochs) == ("nesterov", 0.1, 1)
     counted = make_cfg("experiment=san_table3/san10_pairwise", config_name="count_flops")
     assert (counted.model.family, counted.paper.convention) == ("san_pairwise", "san")
+    evaluated = make_cfg("experiment=sasa_table4/k05", "data=digits", "checkpoint=x.pt", config_name="evaluate")
+    assert (evaluated.model.family, evaluated.model.kernel_size, evaluated.data.name) == ("sasa_resnet", 5, "digits")
+    assert (evaluated.data.batch_size, evaluated.model.small_stem, evaluated.paper.top1) == (32, True, 77.2)
 
 
 def test_counting_a_table_reproduces_the_committed_one(tmp_path):

@@ -24,6 +24,15 @@ def test_paper_resnet_params_and_macs(depth):
     assert [n for n, _, _ in c.stages] == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]
 
 
+def test_kernel_size_widens_every_spatial_conv():
+    """``model=resnet model.kernel_size=5`` is SAN Table 7's Conv-ResNet26 5x5 (22.7M, 4.0G in SAN's convention)."""
+    model = create_model("resnet", 26, kernel_size=5)
+    spatial = [m for m in model.stages.modules() if isinstance(m, ConvSpatial)]
+    assert len(spatial) == 8 and all(m.kernel_size == (5, 5) and m.padding == (2, 2) for m in spatial)
+    c = count_complexity(model, 224)
+    assert (c.params, c.macs) == (22_674_984, 3_986_423_808)
+
+
 def test_resnet50_is_timm_resnet50():
     """Same weights give the same logits: av_resnet50 is exactly ResNet v1.5 as timm builds it."""
     ours, theirs = create_model("resnet", 50).eval(), timm.create_model("resnet50").eval()

@@ -11,6 +11,7 @@ import attnvision.engine.trainer as trainer_module
 from attnvision.data import build_loaders
 from attnvision.engine import train
 from attnvision.engine.checkpoint import load_checkpoint
+from attnvision.engine.evaluate import evaluate
 from attnvision.engine.loop import Precision, validate
 from attnvision.engine.trainer import build_criterion, build_model
 from attnvision.errors import ConfigError
@@ -55,6 +56,21 @@ def test_ema_after_one_step_is_the_decay_weighted_average(make_cfg, tmp_path, mo
                                   torch.device("cpu"), channels_last=True)["top1"]
     assert {k: metrics[k] for k in measured} == measured and metrics["ema"] is True
     assert load_checkpoint(tmp_path / "run" / "best.pt")["ema"].keys() == ema.keys()
+
+
+def test_evaluate_reads_the_ema_weights_of_an_ema_run(make_cfg, tmp_path):
+    metrics = train(make_cfg(*TINY, "trainer.epochs=1", "trainer.limit_train_batches=2", "sched.warmup_epochs=0",
+                             "trainer.ema=true", "trainer.ema_decay=0.5")).metrics
+    last = tmp_path / "run" / "last.pt"
+    out = {weights: evaluate(make_cfg(*TINY, f"checkpoint={last}", f"weights={weights}", config_name="evaluate",
+                                      run=f"eval_{weights}"))
+           for weights in ("auto", "ema", "raw")}
+    assert [out[w]["weights"] for w in ("auto", "ema", "raw")] == ["ema", "ema", "raw"]
+    for weights in ("auto", "ema"):  # the run's reported (EMA) numbers, to the last digit
+        assert (out[weights]["top1"], out[weights]["val_loss"]) == (metrics["top1"], metrics["val_loss"])
+    assert out["raw"]["top1"] == metrics["top1_raw"] and out["raw"]["val_loss"] != metrics["val_loss"]
+    with pytest.raises(ConfigError, match="weights='best' is unknown; choose one of auto, ema, raw"):
+        evaluate(make_cfg(*TINY, f"checkpoint={last}", "weights=best", config_name="evaluate"))
 
 
 def test_resume_restores_the_ema_exactly(make_cfg, tmp_path, monkeypatch):

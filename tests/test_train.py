@@ -67,7 +67,7 @@ def test_evaluate_reproduces_recorded_top1(make_cfg, tmp_path):
     recorded = load_checkpoint(best)["best"]
     assert recorded["top1"] == metrics["best_top1"]
     out = evaluate(make_cfg("model.depth=test", f"checkpoint={best}", config_name="evaluate", run="eval"))
-    assert out["top1"] == recorded["top1"] and out["top5"] == recorded["top5"]
+    assert out["top1"] == recorded["top1"] and out["top5"] == recorded["top5"] and out["weights"] == "raw"
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["top1"] == recorded["top1"]
     assert out["top1"] > 60  # digits after 4 short epochs: far above the 10 % of chance
 
@@ -77,6 +77,10 @@ def test_evaluate_rejects_a_checkpoint_of_another_model(make_cfg, tmp_path):
     cfg = make_cfg("data=synthetic", "model=resnet", "model.depth=26", f"checkpoint={tmp_path / 'run' / 'last.pt'}",
                    config_name="evaluate", run="eval")
     with pytest.raises(ConfigError, match="holds a test_av_resnet model but .* builds av_resnet26"):
+        evaluate(cfg)
+    cfg = make_cfg(*TINY, f"checkpoint={tmp_path / 'run' / 'last.pt'}", "weights=ema", config_name="evaluate",
+                   run="eval")
+    with pytest.raises(ConfigError, match="weights=ema but checkpoint=.* was trained without trainer.ema"):
         evaluate(cfg)
 
 

@@ -158,8 +158,10 @@ class ResNet(StagedClassifier):
                 m.zero_init_last()
 
 
-def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
-    return build_model_with_cfg(ResNet, variant, pretrained, **kwargs)
+def resnet(variant: str, pretrained: bool = False, kernel_size: int = 3, **kwargs) -> ResNet:
+    """Build a baseline ResNet whose spatial convs are ``kernel_size``×``kernel_size`` (SAN's Table 7 sweeps 3/5/7);
+    the keyword names are the ``model=resnet`` config keys."""
+    return build_model_with_cfg(ResNet, variant, pretrained, spatial_kwargs=dict(kernel_size=kernel_size), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
@@ -174,25 +176,25 @@ default_cfgs = generate_default_cfgs({
 def av_resnet26(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet-26 of SASA/SAN/Axial-DeepLab: bottleneck [1,2,4,1], 13.7M parameters."""
     model_args = dict(layers=(1, 2, 4, 1))
-    return _create_resnet("av_resnet26", pretrained, **dict(model_args, **kwargs))
+    return resnet("av_resnet26", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def av_resnet38(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet-38 of SASA/SAN: bottleneck [2,3,5,2], 19.6M parameters."""
     model_args = dict(layers=(2, 3, 5, 2))
-    return _create_resnet("av_resnet38", pretrained, **dict(model_args, **kwargs))
+    return resnet("av_resnet38", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def av_resnet50(pretrained: bool = False, **kwargs) -> ResNet:
     """ResNet-50: bottleneck [3,4,6,3], 25.6M parameters, identical to timm's resnet50."""
     model_args = dict(layers=(3, 4, 6, 3))
-    return _create_resnet("av_resnet50", pretrained, **dict(model_args, **kwargs))
+    return resnet("av_resnet50", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def test_av_resnet(pretrained: bool = False, **kwargs) -> ResNet:
     """Tiny CPU-test ResNet: one block per stage, narrow widths, 32×32 stem."""
     model_args = dict(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_width=16, small_stem=True)
-    return _create_resnet("test_av_resnet", pretrained, **dict(model_args, **kwargs))
+    return resnet("test_av_resnet", pretrained, **dict(model_args, **kwargs))
