@@ -167,7 +167,22 @@ def test_pairwise_position_encoding_is_reflected_relative_coordinates():
     torch.testing.assert_close(pos[0, :, 0, 0, 0], torch.tensor([-0.5, -2 / 3]))
 
 
-@pytest.mark.parametrize("position_encoding", [False, True])
+def test_absolute_position_encoding_is_the_neighbours_own_p_j():
+    """Table 8's absolute encoding gives p_j where the relative one gives p_i - p_j, from the same learned map."""
+    torch.manual_seed(0)
+    relative, absolute = (SANPairwise(32, 16, kernel_size=3, position_encoding=e) for e in ("relative", "absolute"))
+    absolute.position.load_state_dict(relative.position.state_dict())
+    x = torch.zeros(1, 32, 4, 5)
+    p_j = absolute._position_encoding(x)  # 1, 2, K, H, W
+    centre = p_j[:, :, 4:5]  # the footprint's middle offset is the pixel itself: p_i
+    torch.testing.assert_close(centre - p_j, relative._position_encoding(x))
+    assert not torch.allclose(p_j, relative._position_encoding(x))
+    assert sum(p.numel() for p in absolute.parameters()) == sum(p.numel() for p in relative.parameters())
+    with pytest.raises(ConfigError, match="position_encoding=True is unknown; choose one of relative, absolute, none"):
+        SANPairwise(32, 16, position_encoding=True)
+
+
+@pytest.mark.parametrize("position_encoding", ["none", "relative"])
 def test_pairwise_layer_is_translation_equivariant_inside(position_encoding):
     """Relative relations (and the relative position encoding, since the coordinate grid is linear) only see
     offsets, so shifting the input shifts the output, away from the reflected borders."""
@@ -242,3 +257,61 @@ def test_relation_params_reproduce_table4():
     for (kind, relation), paper in rows.items():
         model = timm.create_model(f"san10_{kind}", relation=relation)
         assert f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}" == paper, (kind, relation)
+
+
+@pytest.mark.parametrize("attention", [SANPairwise, SANPatchwise])
+def test_shared_phi_psi_is_the_separate_layer_with_psi_set_to_phi(attention):
+    torch.manual_seed(0)
+    shared = attention(32, 16, kernel_size=3, shared_transforms="phi_psi").eval()
+    separate = attention(32, 16, kernel_size=3).eval()
+    assert shared.psi is None
+    state = shared.state_dict()
+    state.update({k.replace("phi.", "psi."): v for k, v in state.items() if k.startswith("phi.")})
+    separate.load_state_dict(state)
+    x = torch.randn(2, 32, 9, 8)
+    torch.testing.assert_close(shared(x), separate(x))
+
+
+@pytest.mark.parametrize("attention", [SANPairwise, SANPatchwise])
+def test_shared_phi_psi_beta_relates_the_values_themselves(attention):
+    """φ = ψ = β: one C → C_out map whose output is the relation's input and the values."""
+    layer = attention(32, 16, kernel_size=3, shared_transforms="phi_psi_beta")
+    assert layer.psi is None and layer.beta is None and layer.phi.out_channels == layer.relation_planes == 16
+    phi, psi, beta = layer.project(torch.randn(1, 32, 5, 5))
+    assert phi is psi is beta and phi.shape == (1, 16, 5, 5)
+    y = layer(torch.randn(2, 32, 6, 7, requires_grad=True))
+    y.square().sum().backward()
+    assert y.shape == (2, 16, 6, 7) and all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+    with pytest.raises(ConfigError, match="shared_transforms='all' is unknown; choose one of none, phi_psi, phi_psi_beta"):
+        attention(32, 16, shared_transforms="all")
+
+
+def test_shared_transforms_reproduce_table6_params():
+    """The paper's Table 6: pairwise 9.5 / 10.0 / 10.5 M, patchwise 13.4 / 11.3 / 11.8 M (φ = ψ = β / φ = ψ / none)."""
+    exact = {("pairwise", "phi_psi_beta"): 9_515_720, ("pairwise", "phi_psi"): 9_969_712,
+             ("pairwise", "none"): OFFICIAL_PARAMS["san10_pairwise"], ("patchwise", "phi_psi_beta"): 13_487_412,
+             ("patchwise", "phi_psi"): 11_278_988, ("patchwise", "none"): OFFICIAL_PARAMS["san10_patchwise"]}
+    paper = {("pairwise", "phi_psi_beta"): 9.5, ("pairwise", "phi_psi"): 10.0, ("pairwise", "none"): 10.5,
+             ("patchwise", "phi_psi_beta"): 13.4, ("patchwise", "phi_psi"): 11.3, ("patchwise", "none"): 11.8}
+    for (kind, shared), params in exact.items():
+        model = timm.create_model(f"san10_{kind}", shared_transforms=shared)
+        assert sum(p.numel() for p in model.parameters()) == params, (kind, shared)
+        assert abs(params / 1e6 - paper[kind, shared]) / paper[kind, shared] < 0.007, (kind, shared)
+
+
+def test_clique_products_count_zero_in_sans_convention():
+    """SAN's counter hooks modules, so the clique products (an einsum) are not in its Flops: Table 4 gives 1.9G."""
+    model = timm.create_model("san10_patchwise", relation="clique").eval()
+    pixels = {}
+
+    def record_pixels(layer, args, out):
+        pixels[layer] = out.shape[-2] * out.shape[-1]
+
+    for layer in (m for m in model.modules() if isinstance(m, SANPatchwise)):
+        layer.register_forward_hook(record_pixels)
+    macs, san = (count_complexity(model, 224, convention=c).macs for c in ("macs", "san"))
+    # The clique products of every layer: C/16 relation channels × K² pairs, per output pixel.
+    cliques = sum(m.rel_planes * m.footprint.num_offsets ** 2 * hw for m, hw in pixels.items())
+    assert len(pixels) == 10 and cliques > 0.38e9
+    assert san == 1_914_602_819 and f"{san / 1e9:.1f}" == "1.9"
+    assert macs - cliques < san < macs

@@ -175,3 +175,23 @@ def test_attention_stem_blocks_mixtures_and_pool():
     assert torch.allclose(stem(x)[0], expected, atol=1e-12)
     with pytest.raises(ConfigError, match="divisible by its 4x4 blocks"):
         stem(torch.randn(1, 3, 18, 16, dtype=torch.float64))
+
+
+def test_attention_stem_conv_values():
+    """Table 7's "spatial convolution to produce values": one 4×4 conv ("same" zero padding) makes v."""
+    torch.manual_seed(0)
+    stem = SASAStem(3, 16, values="conv").double().eval()
+    assert stem.emb_mix is None and stem.values[1].weight.shape == (16, 3, 4, 4)
+    with torch.no_grad():
+        for t in (stem.qk.weight, stem.rel_rows, stem.rel_cols):
+            t.zero_()
+    stem.norm, stem.pool = torch.nn.Identity(), torch.nn.Identity()
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    v = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 2, 1, 2)), stem.values[1].weight)  # 1, C, H, W
+    expected = v.view(16, 4, 4, 4, 4).mean((2, 4), keepdim=True).expand(16, 4, 4, 4, 4).reshape(1, 16, 16, 16)
+    assert torch.allclose(stem(x), expected, atol=1e-12)  # uniform attention: the block means of the conv values
+    conv, mixtures = (count_complexity(SASAStem(3, 64, values=v), 32).macs for v in ("conv", "mixtures"))
+    # a 4×4 kernel instead of four 1×1 mixtures, and no mixture weights p = softmax((emb_row + emb_col)·ν)
+    assert conv - mixtures == 32 * 32 * 64 * 3 * (4 * 4 - 4) - 4 * 4 * 64 * 4
+    with pytest.raises(ConfigError, match="stem_values='pixel' is unknown; choose one of mixtures, conv"):
+        SASAStem(3, 16, values="pixel")

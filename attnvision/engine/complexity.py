@@ -7,7 +7,9 @@ Conventions (``convention``):
     counted, which is how timm and Axial-DeepLab count.
   - ``san``: what SAN's official counter (hszhao/SAN ``util/complexity.py``, from ptflops) reports as "Flops":
     the above plus one op per conv-bias output, two per element through BatchNorm, one per ReLU output, one per
-    element into a max or average pool, and one per subtraction output (SAN's Subtraction ops).
+    element into a max or average pool, and one per subtraction output (SAN's Subtraction ops). That counter hooks
+    modules only, so a batched matrix product outside a module counts zero, as it never sees one: SAN Table 4's
+    clique-product row (1.9G) is exactly our count without its clique products, [φ(x_j)·ψ(x_k)]_jk (0.39G).
 """
 import math
 from dataclasses import dataclass, field
@@ -39,6 +41,10 @@ def _ops_per_element(per_element: int, of_input: bool = False):
     return formula
 
 
+def _unseen(*args, **kwargs) -> int:
+    return 0
+
+
 @_raw
 def _conv_with_bias(*args, out_val=None, **kwargs) -> int:
     bias = args[2]
@@ -59,7 +65,8 @@ SAN_COUNTER = {aten.convolution: _conv_with_bias, aten.native_batch_norm: _batch
                aten._native_batch_norm_legit_no_training.default: _batch_norm,
                aten.relu_: _ops_per_element(1), aten.relu: _ops_per_element(1), aten.sub: _ops_per_element(1),
                aten.max_pool2d_with_indices: _ops_per_element(1, of_input=True),
-               aten.avg_pool2d: _ops_per_element(1, of_input=True), aten.mean: _ops_per_element(1, of_input=True)}
+               aten.avg_pool2d: _ops_per_element(1, of_input=True), aten.mean: _ops_per_element(1, of_input=True),
+               aten.bmm: _unseen, aten.baddbmm: _unseen}
 
 
 @dataclass

@@ -4,7 +4,7 @@
 Official code: https://github.com/hszhao/SAN (``model/san.py``, the SAM module).
 
 Pairwise: α_ij = γ(δ(x_i, x_j)), δ one of summation, subtraction (default), concatenation, Hadamard or dot product of
-φ(x_i) and ψ(x_j), with the relative position encoding p_i - p_j concatenated when ``position_encoding`` is on.
+φ(x_i) and ψ(x_j), with the position encoding p_i - p_j (or p_j, ``position_encoding='absolute'``) concatenated.
 Patchwise: α_i = γ(δ(x_R(i))), one weight vector per footprint location computed from the whole patch, δ one of
 star-product [φ(x_i)·ψ(x_j)]_j, clique-product [φ(x_j)·ψ(x_k)]_jk or concatenation (default) [φ(x_i), ψ(x_j)_j].
 
@@ -19,7 +19,12 @@ Status, against the official code (hszhao/SAN @ d88b022), whose choices are the 
   - Position encoding (pairwise only, as in the paper): linspace(-1, 1) x then y coordinates of the layer's input
     grid through a learned 1×1 conv 2→2, and p_i - p_j gathered with the layer's border mode. Its bias cancels in
     the difference, as the bias of γ's last conv cancels in the pairwise softmax; both are kept, so parameter
-    counts equal the code's.
+    counts equal the code's. Table 8's "absolute" encoding (CoordConv-style, not in the code) is our reading:
+    the neighbour's own p_j concatenated instead of the difference (paper silent; same parameters, 10.5M).
+  - Sharing of the transformations (Table 6, not in the code): ``shared_transforms='phi_psi'`` is φ = ψ ≠ β, one
+    C → C/16 map for both; ``'phi_psi_beta'`` is φ = ψ = β, one C → C_out map (the paper's r1 = r2 = 4 in SAN's
+    blocks), so δ is built from C_out channels. γ's hidden width stays C/16 (paper silent); this reproduces
+    Table 6's parameter counts.
   - Weight channels: C_out / ``share_planes`` maps, each shared by ``share_planes`` β channels interleaved
     (channel c uses map c mod C_out/share_planes), as the official Aggregation kernel does.
   - Relations other than the official two (subtraction + position encoding, concatenation) follow the paper's
@@ -44,11 +49,15 @@ from torch import nn
 from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import Footprint, local_aggregate, local_logits, local_patches, local_softmax, local_subtraction
 
-__all__ = ["SANPairwise", "SANPatchwise", "PAIRWISE_RELATIONS", "PATCHWISE_RELATIONS", "NORMALIZATIONS"]
+__all__ = ["SANPairwise", "SANPatchwise", "PAIRWISE_RELATIONS", "PATCHWISE_RELATIONS", "NORMALIZATIONS",
+           "POSITION_ENCODINGS", "SHARED_TRANSFORMS"]
 
 PAIRWISE_RELATIONS = ("subtraction", "summation", "concatenation", "hadamard", "dot")
 PATCHWISE_RELATIONS = ("concatenation", "star", "clique")
 NORMALIZATIONS = ("softmax", "none")
+POSITION_ENCODINGS = ("relative", "absolute", "none")
+# which of the distinct 1×1 maps serve as (φ, ψ, β): Table 6's φ ≠ ψ ≠ β, φ = ψ ≠ β and φ = ψ = β
+SHARED_TRANSFORMS = {"none": (0, 1, 2), "phi_psi": (0, 0, 1), "phi_psi_beta": (0, 0, 0)}
 
 
 
@@ -63,8 +72,9 @@ def mapping_gamma(in_chs: int, hidden: list, out_chs: int) -> nn.Sequential:
 
 class _VectorAttention(nn.Module):
     """What both SAN operators share: φ, ψ (C → C/16) and β (C → C_out) 1×1 convs with bias, γ, the footprint, the
-    weight normalisation and the interleaved aggregation. Subclasses build δ, size γ, and define
-    ``mapped_relations(phi, psi)``: γ(δ) as B × C_out/share × K × Ho × Wo, before masking and normalisation."""
+    weight normalisation and the interleaved aggregation. Subclasses build δ from the Cr = ``relation_planes``
+    channels of φ and ψ (C/16, or C_out when φ = ψ = β), size γ, and define ``mapped_relations(phi, psi)``: γ(δ) as
+    B × C_out/share × K × Ho × Wo, before masking and normalisation."""
 
     relations: tuple = ()
     default_normalization: str = ""
@@ -72,12 +82,13 @@ class _VectorAttention(nn.Module):
     def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 7, num_heads: Optional[int] = None,
                  dilation: int = 1, share_planes: int = 8, rel_planes: Optional[int] = None,
                  relation: Optional[str] = None, mapping_depth: int = 2, normalization: Optional[str] = None,
-                 padding: str = "reflect", impl: Optional[str] = None):
+                 shared_transforms: str = "none", padding: str = "reflect", impl: Optional[str] = None):
         super().__init__()
         self.relation = relation or self.relations[0]
         self.normalization = normalization or self.default_normalization
         check_choice("relation", self.relation, self.relations)
         check_choice("normalization", self.normalization, NORMALIZATIONS)
+        check_choice("shared_transforms", shared_transforms, tuple(SHARED_TRANSFORMS))
         if mapping_depth < 1:
             raise ConfigError(f"mapping_depth={mapping_depth} must be at least 1 (the number of linear layers in γ)")
         self.mapping_depth = mapping_depth
@@ -90,15 +101,18 @@ class _VectorAttention(nn.Module):
         # δ sees zero-padded neighbours in mask mode; the mask then applies to the weights
         self.relation_footprint = replace(self.footprint, padding="zero") if padding == "mask" else self.footprint
         self.impl = impl
-        self.phi = nn.Conv2d(dim, self.rel_planes, 1)
-        self.psi = nn.Conv2d(dim, self.rel_planes, 1)
-        self.beta = nn.Conv2d(dim, dim_out, 1)
+        self.shared_transforms = shared_transforms
+        self.relation_planes = dim_out if shared_transforms == "phi_psi_beta" else self.rel_planes
+        self.phi = nn.Conv2d(dim, self.relation_planes, 1)
+        self.psi = nn.Conv2d(dim, self.rel_planes, 1) if shared_transforms == "none" else None
+        self.beta = nn.Conv2d(dim, dim_out, 1) if shared_transforms != "phi_psi_beta" else None
 
     def project(self, x: torch.Tensor) -> tuple:
-        """φ(x), ψ(x), β(x) as one 1×1 convolution: x is read (and cast under autocast) once, not three times."""
-        weight = torch.cat([self.phi.weight, self.psi.weight, self.beta.weight])
-        bias = torch.cat([self.phi.bias, self.psi.bias, self.beta.bias])
-        return F.conv2d(x, weight, bias).split([self.rel_planes, self.rel_planes, self.beta.out_channels], 1)
+        """φ(x), ψ(x), β(x) as one 1×1 convolution of the distinct maps: x is read (and cast under autocast) once."""
+        maps = [conv for conv in (self.phi, self.psi, self.beta) if conv is not None]
+        weight, bias = torch.cat([conv.weight for conv in maps]), torch.cat([conv.bias for conv in maps])
+        outputs = F.conv2d(x, weight, bias).split([conv.out_channels for conv in maps], 1)
+        return tuple(outputs[i] for i in SHARED_TRANSFORMS[self.shared_transforms])
 
     def weights(self, x: torch.Tensor, projections: Optional[tuple] = None) -> torch.Tensor:
         """B × C_out/share × K × Ho × Wo attention weights α: γ(δ), masked and normalised over the footprint."""
@@ -119,39 +133,44 @@ class SANPairwise(_VectorAttention):
     """Pairwise vector attention, the SAM module of SAN with ``sa_type=0``.
 
     Widths (C = ``dim``): φ, ψ: C → C/16 (``rel_planes``); β: C → ``dim_out``; δ has C/16 channels (2·C/16 for
-    concatenation, 1 for the dot product), plus 2 with position encoding; γ: δ → C/16 → ``dim_out`` /
-    ``share_planes`` weight channels, one weight per footprint offset each. ``num_heads``, when given, sets the
-    number of weight channels directly (the spatial-layer signature's name for it).
+    concatenation, 1 for the dot product; C_out for C/16 when φ = ψ = β), plus 2 with position encoding;
+    γ: δ → C/16 → ``dim_out`` / ``share_planes`` weight channels, one weight per footprint offset each.
+    ``num_heads``, when given, sets the number of weight channels directly (the spatial-layer signature's name).
     """
 
     relations = PAIRWISE_RELATIONS
     default_normalization = "softmax"
 
     def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 7, num_heads: Optional[int] = None,
-                 position_encoding: bool = True, **kwargs):
+                 position_encoding: str = "relative", **kwargs):
         super().__init__(dim, dim_out, stride, kernel_size, num_heads, **kwargs)
-        rel = self.rel_planes
-        delta = {"concatenation": 2 * rel, "dot": 1}.get(self.relation, rel) + (2 if position_encoding else 0)
-        self.position = nn.Conv2d(2, 2, 1) if position_encoding else None
-        self.gamma = mapping_gamma(delta, [rel] * (self.mapping_depth - 1), self.num_weights)
+        check_choice("position_encoding", position_encoding, POSITION_ENCODINGS)
+        self.position_encoding = position_encoding
+        rel, encoded = self.relation_planes, position_encoding != "none"
+        delta = {"concatenation": 2 * rel, "dot": 1}.get(self.relation, rel) + (2 if encoded else 0)
+        self.position = nn.Conv2d(2, 2, 1) if encoded else None
+        self.gamma = mapping_gamma(delta, [self.rel_planes] * (self.mapping_depth - 1), self.num_weights)
 
     def _position_encoding(self, x: torch.Tensor) -> torch.Tensor:
-        """1 × 2 × K × Ho × Wo relative positions p_i - p_j of the learned coordinate map p of x's grid."""
+        """1 × 2 × K × Ho × Wo positions of the learned coordinate map p of x's grid: p_i - p_j, or p_j when
+        absolute."""
         height, width = x.shape[-2:]
         axes = (torch.linspace(-1., 1., width, device=x.device), torch.linspace(-1., 1., height, device=x.device))
         grid = torch.stack(torch.meshgrid(*axes, indexing="xy"))[None].to(self.position.weight.dtype)  # 1, 2, H, W
         p = self.position(grid)
+        if self.position_encoding == "absolute":
+            return local_patches(p, self.relation_footprint, self.impl)
         return local_subtraction(self.footprint.centres(p), p, self.relation_footprint, self.impl)
 
     def mapped_relations(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
         fp = self.relation_footprint
-        q, k = self.footprint.centres(phi), psi  # q: B, C/16, Ho, Wo; k: B, C/16, H, W
+        q, k = self.footprint.centres(phi), psi  # q: B, Cr, Ho, Wo; k: B, Cr, H, W
         if self.relation == "subtraction":
-            delta = local_subtraction(q, k, fp, self.impl)  # B, C/16, K, Ho, Wo
+            delta = local_subtraction(q, k, fp, self.impl)  # B, Cr, K, Ho, Wo
         elif self.relation == "dot":
             delta = local_logits(q, k, fp, 1, impl=self.impl)  # B, 1, K, Ho, Wo
         else:
-            patches = local_patches(k, fp, self.impl).to(q.dtype)  # B, C/16, K, Ho, Wo
+            patches = local_patches(k, fp, self.impl).to(q.dtype)  # B, Cr, K, Ho, Wo
             centre = q.unsqueeze(2).expand_as(patches)
             delta = {"summation": lambda: centre + patches, "hadamard": lambda: centre * patches,
                      "concatenation": lambda: torch.cat([centre, patches], 1)}[self.relation]()
@@ -166,9 +185,9 @@ class SANPairwise(_VectorAttention):
 class SANPatchwise(_VectorAttention):
     """Patchwise vector attention, the SAM module of SAN with ``sa_type=1``.
 
-    Widths (C = ``dim``, K = k², G = ``dim_out`` / ``share_planes``): φ, ψ: C → C/16; β: C → ``dim_out``; δ has
-    C/16·(K+1) channels for concatenation, K for the star product, K² for the clique product; γ: δ → G → K·G,
-    read as G weight channels × K footprint locations.
+    Widths (C = ``dim``, K = k², G = ``dim_out`` / ``share_planes``): φ, ψ: C → Cr; β: C → ``dim_out``; δ has
+    Cr·(K+1) channels for concatenation (C_out·(K+1) when φ = ψ = β), K for the star product, K² for the clique
+    product; γ: δ → G → K·G, read as G weight channels × K footprint locations.
     """
 
     relations = PATCHWISE_RELATIONS
@@ -177,23 +196,23 @@ class SANPatchwise(_VectorAttention):
     def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 7, num_heads: Optional[int] = None,
                  **kwargs):
         super().__init__(dim, dim_out, stride, kernel_size, num_heads, **kwargs)
-        k, rel, g = self.footprint.num_offsets, self.rel_planes, self.num_weights
-        delta = {"concatenation": rel * (k + 1), "star": k, "clique": k * k}[self.relation]
-        hidden = [rel] * (self.mapping_depth - 2) + [g] * (self.mapping_depth > 1)
+        k, g = self.footprint.num_offsets, self.num_weights
+        delta = {"concatenation": self.relation_planes * (k + 1), "star": k, "clique": k * k}[self.relation]
+        hidden = [self.rel_planes] * (self.mapping_depth - 2) + [g] * (self.mapping_depth > 1)
         self.gamma = mapping_gamma(delta, hidden, k * g)
 
     def mapped_relations(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
         fp = self.relation_footprint
         if self.relation == "clique":
-            phi = local_patches(phi, fp, self.impl)  # B, C/16, K, Ho, Wo
+            phi = local_patches(phi, fp, self.impl)  # B, Cr, K, Ho, Wo
             psi = local_patches(psi, fp, self.impl).to(phi.dtype)
             delta = torch.einsum("bcjhw,bckhw->bjkhw", phi, psi).flatten(1, 2)  # B, K*K, Ho, Wo
         elif self.relation == "star":
             delta = local_logits(self.footprint.centres(phi), psi, fp, 1, impl=self.impl).flatten(1, 2)  # B, K, Ho, Wo
         else:
             phi = self.footprint.centres(phi)
-            patches = local_patches(psi, fp, self.impl).to(phi.dtype).flatten(1, 2)  # B, C/16*K, Ho, Wo
-            delta = torch.cat([phi, patches], 1)  # B, C/16*(K+1), Ho, Wo
+            patches = local_patches(psi, fp, self.impl).to(phi.dtype).flatten(1, 2)  # B, Cr*K, Ho, Wo
+            delta = torch.cat([phi, patches], 1)  # B, Cr*(K+1), Ho, Wo
         weights = self.gamma(delta)  # B, G*K, Ho, Wo
         b, _, ho, wo = weights.shape
         return weights.reshape(b, self.num_weights, self.footprint.num_offsets, ho, wo)

@@ -14,41 +14,56 @@ self-attention layer. Not stated in the paper, chosen here: 4 value mixtures (``
 unofficial leaderj1001 code uses), row/column/mixture embeddings of ``dim_out`` channels, and no ReLU (the paper
 lists BN and the max-pool only). For small images (``pool=False``) the max-pool is dropped and the stem keeps the
 resolution, as the conv stem's small-image variant does. Height and width must be multiples of the block.
+
+``values='conv'`` is Table 7's "spatial convolution to produce values": the values come from one block×block
+convolution (zero "same" padding, no bias) instead of the mixtures. The paper gives no kernel size; 4×4, the
+pooling window, reproduces its 0.2 B FLOPS over the proposed stem (3.69 against 3.58 GMACs for ResNet-50).
 """
 from typing import Callable
 
 import torch
 from torch import nn
 
-from attnvision.errors import ConfigError
+from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import local_softmax
 
 from .sasa import relative_embedding
 
-__all__ = ["SASAStem", "sasa_stem"]
+__all__ = ["SASAStem", "sasa_stem", "STEM_VALUES"]
+
+STEM_VALUES = ("mixtures", "conv")
 
 
 class SASAStem(nn.Module):
     """RGB (``in_chans``) → ``dim_out`` channels: block attention, BN, max-pool by the block size.
 
-    Widths: q, k: in_chans → dim_out (1×1, no bias), W_V^1..M: in_chans → dim_out each, ``num_heads`` heads of
-    dim_out/heads channels, relative tables (dim_out/heads/2) × (2·block - 1) per axis.
+    Widths: q, k: in_chans → dim_out (1×1, no bias), W_V^1..M: in_chans → dim_out each (or one block×block conv
+    in_chans → dim_out with ``values='conv'``), ``num_heads`` heads of dim_out/heads channels, relative tables
+    (dim_out/heads/2) × (2·block - 1) per axis.
     """
 
     def __init__(self, in_chans: int, dim_out: int, block_size: int = 4, num_heads: int = 4, num_mixtures: int = 4,
-                 pool: bool = True, norm_layer: Callable = nn.BatchNorm2d):
+                 values: str = "mixtures", pool: bool = True, norm_layer: Callable = nn.BatchNorm2d):
         super().__init__()
         head_dim = dim_out // num_heads if num_heads > 0 else 0
         if head_dim < 1 or dim_out % num_heads or head_dim % 2:
             raise ConfigError(f"the attention stem's {num_heads} heads do not split {dim_out} channels evenly")
         if num_mixtures < 1:
             raise ConfigError(f"value_mixtures={num_mixtures} must be at least 1")
+        check_choice("stem_values", values, STEM_VALUES)
         self.block_size, self.num_heads, self.num_mixtures = block_size, num_heads, num_mixtures
         self.qk = nn.Conv2d(in_chans, 2 * dim_out, 1, bias=False)
-        self.values = nn.Conv2d(in_chans, num_mixtures * dim_out, 1, bias=False)  # W_V^1..M stacked
-        self.emb_row = nn.Parameter(torch.randn(block_size, dim_out) * dim_out ** -0.5)
-        self.emb_col = nn.Parameter(torch.randn(block_size, dim_out) * dim_out ** -0.5)
-        self.emb_mix = nn.Parameter(torch.randn(num_mixtures, dim_out) * dim_out ** -0.5)
+        if values == "conv":
+            before = (block_size - 1) // 2  # "same" zero padding, the extra row and column after for an even block
+            after = block_size - 1 - before
+            self.values = nn.Sequential(nn.ZeroPad2d((before, after, before, after)),
+                                        nn.Conv2d(in_chans, dim_out, block_size, bias=False))
+            self.emb_row = self.emb_col = self.emb_mix = None
+        else:
+            self.values = nn.Conv2d(in_chans, num_mixtures * dim_out, 1, bias=False)  # W_V^1..M stacked
+            self.emb_row = nn.Parameter(torch.randn(block_size, dim_out) * dim_out ** -0.5)
+            self.emb_col = nn.Parameter(torch.randn(block_size, dim_out) * dim_out ** -0.5)
+            self.emb_mix = nn.Parameter(torch.randn(num_mixtures, dim_out) * dim_out ** -0.5)
         span = 2 * block_size - 1
         self.rel_rows = nn.Parameter(torch.randn(head_dim // 2, span) * head_dim ** -0.5)
         self.rel_cols = nn.Parameter(torch.randn(head_dim // 2, span) * head_dim ** -0.5)
@@ -79,8 +94,11 @@ class SASAStem(nn.Module):
         q, k = self.qk(x).chunk(2, 1)  # B, C, H, W each
         c = q.shape[1]
         d = c // g
-        p = self.mixture_weights().permute(2, 0, 1).reshape(1, m, 1, 1, s, 1, s).to(q.dtype)
-        v = (self.values(x).view(b, m, c, hb, s, wb, s) * p).sum(1)  # B, C, H/s, s, W/s, s
+        if self.emb_mix is None:
+            v = self.values(x)  # B, C, H, W
+        else:
+            p = self.mixture_weights().permute(2, 0, 1).reshape(1, m, 1, 1, s, 1, s).to(q.dtype)
+            v = (self.values(x).view(b, m, c, hb, s, wb, s) * p).sum(1)  # B, C, H/s, s, W/s, s
 
         def blocks(t):  # B, C, H, W -> B, heads, blocks, s², d
             return t.reshape(b, g, d, hb, s, wb, s).permute(0, 1, 3, 5, 4, 6, 2).reshape(b, g, hb * wb, s * s, d)
@@ -94,6 +112,7 @@ class SASAStem(nn.Module):
 
 
 def sasa_stem(in_chans: int, stem_width: int, small_stem: bool, norm_layer: Callable, act_layer: Callable,
-              num_mixtures: int = 4) -> SASAStem:
+              num_mixtures: int = 4, values: str = "mixtures") -> SASAStem:
     """The attention stem with the ResNet skeleton's stem signature (``act_layer`` unused: BN, then max-pool)."""
-    return SASAStem(in_chans, stem_width, num_mixtures=num_mixtures, pool=not small_stem, norm_layer=norm_layer)
+    return SASAStem(in_chans, stem_width, num_mixtures=num_mixtures, values=values, pool=not small_stem,
+                    norm_layer=norm_layer)

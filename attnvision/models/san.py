@@ -74,8 +74,8 @@ class SAN(StagedClassifier):
         widths: channels of the five stages; each block's SA runs at width/4 with relation width/16.
         small_stem: no max-pool in the first two transitions, for 32×32 inputs.
         zero_init_last: zero each block's last conv (blocks start as the identity); False = the code's init.
-        attn_kwargs: the layer's options (relation, position_encoding, mapping_depth, normalization,
-            share_planes, padding, impl), see ``attnvision.layers.san``.
+        attn_kwargs: the layer's options (relation, position_encoding, shared_transforms, mapping_depth,
+            normalization, share_planes, padding, impl), see ``attnvision.layers.san``.
     """
 
     def __init__(self, layers: Sequence[int], attention: str = "pairwise", kernel_size: int = 7,

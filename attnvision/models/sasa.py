@@ -29,11 +29,11 @@ DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
 
 def sasa_resnet(variant: str, pretrained: bool = False, attention_stem: bool = False, kernel_size: int = 7,
                 heads: int = 8, positional_encoding: str = "relative", logits: str = "qk_qr", padding: str = "mask",
-                value_mixtures: int = 4, **kwargs) -> ResNet:
+                value_mixtures: int = 4, stem_values: str = "mixtures", **kwargs) -> ResNet:
     """Build a SASA-ResNet; the keyword names are the ``model=sasa_resnet`` config keys."""
     attention = dict(kernel_size=kernel_size, num_heads=heads, positional_encoding=positional_encoding,
                      logits=logits, padding=padding)
-    stem = partial(sasa_stem, num_mixtures=value_mixtures) if attention_stem else make_stem
+    stem = partial(sasa_stem, num_mixtures=value_mixtures, values=stem_values) if attention_stem else make_stem
     return build_model_with_cfg(ResNet, variant, pretrained, spatial_layer="sasa", spatial_kwargs=attention,
                                 stem_layer=stem, **kwargs)
 
