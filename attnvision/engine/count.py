@@ -13,6 +13,7 @@ from attnvision.results import write_row
 from attnvision.results.rows import git_commit
 
 from .complexity import count_complexity
+from .trainer import command_line_overrides
 
 __all__ = ["count_flops", "write_sweep_row"]
 
@@ -50,6 +51,5 @@ def write_sweep_row(cfg, totals: dict) -> Path:
     """This multirun job's row, ``<sweep dir>/rows/<job dir name>.json``: the totals, the model family, the job's
     command-line overrides and the commit; single runs write none."""
     hydra_cfg = HydraConfig.get()
-    row = {**totals, "family": cfg.model.family, "overrides": list(hydra_cfg.overrides.task),
-           "git_commit": git_commit()}
+    row = {**totals, "family": cfg.model.family, "overrides": command_line_overrides(), "git_commit": git_commit()}
     return write_row(Path(hydra_cfg.sweep.dir) / "rows", Path(hydra_cfg.runtime.output_dir).name, row)

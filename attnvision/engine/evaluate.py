@@ -7,7 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from attnvision.data import build_loaders
-from attnvision.errors import ConfigError
+from attnvision.errors import ConfigError, check_choice
 from attnvision.results import write_json_atomic
 from .checkpoint import load_checkpoint
 from .trainer import build_model
@@ -21,8 +21,7 @@ WEIGHTS = ("auto", "ema", "raw")
 
 def evaluate(cfg) -> dict:
     """Top-1, top-5, loss and images/s of ``cfg.checkpoint`` on ``cfg.data``'s validation split."""
-    if cfg.weights not in WEIGHTS:
-        raise ConfigError(f"weights={cfg.weights!r} is unknown; choose one of {', '.join(WEIGHTS)}")
+    check_choice("weights", cfg.weights, WEIGHTS)
     rt = setup_runtime(cfg.trainer)
     model = build_model(cfg.model, rt.device, cfg.trainer.channels_last)
     arch = model.pretrained_cfg["architecture"]
