@@ -1,4 +1,8 @@
-"""Hydra plumbing: the config folder, the project's resolvers, composition for tests and checks of group choices."""
+"""Hydra plumbing: the config folder, the project's resolvers, composition for tests and checks of overrides."""
+import difflib
+import itertools
+import os
+import secrets
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -8,20 +12,41 @@ from omegaconf import OmegaConf
 
 from attnvision.errors import ConfigError
 
-__all__ = ["CONFIG_DIR", "GROUPS", "compose", "check_group_overrides", "group_options"]
+__all__ = ["CONFIG_DIR", "GROUPS", "compose", "check_overrides", "check_group_overrides", "group_options",
+           "unique_dir", "small_stem_for"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("data", "model", "optim", "sched", "trainer", "paths", "experiment")
+SMALL_IMAGE = 128  # images under this many pixels get the small-image stem unless data.small_stem is set
 
 
 @lru_cache(maxsize=None)
-def run_stamp() -> str:
-    """This invocation's timestamp; under torchrun rank 0's, so that all ranks share one run directory."""
-    from attnvision.engine.distributed import broadcast_object, init_distributed
-    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    if init_distributed().enabled:
-        stamp = broadcast_object(stamp)
-    return stamp
+def unique_dir(parent: str) -> str:
+    """``<parent>/<time>_<random>``, created here with an exclusive ``mkdir``, so that no two processes ever share
+    a run or sweep directory, even when started in the same second. Cached per ``parent``: every resolution in this
+    process (all jobs of a multirun) gets the same one; under torchrun rank 0 makes it and the others take its name.
+    """
+    from attnvision.engine.distributed import broadcast_object, init_distributed, world_from_env
+    path = None
+    if world_from_env().is_main:
+        try:
+            os.makedirs(parent, exist_ok=True)
+            while path is None:
+                candidate = Path(parent) / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{secrets.token_hex(3)}"
+                try:
+                    candidate.mkdir()
+                    path = str(candidate)
+                except FileExistsError:
+                    continue
+        except OSError as err:
+            raise ConfigError(f"paths.log_dir: cannot create a run directory in {parent} ({err.strerror}); "
+                              f"choose a writable paths.log_dir") from None
+    return broadcast_object(path) if init_distributed().enabled else path
+
+
+def small_stem_for(image_size) -> bool:
+    """``data.small_stem``'s default: the small-image stem for images under SMALL_IMAGE pixels."""
+    return isinstance(image_size, int) and image_size < SMALL_IMAGE
 
 
 def main_process_only(value):
@@ -43,7 +68,8 @@ def architecture(model_cfg) -> str:
         return f"{family}{model_cfg.depth}"
 
 
-OmegaConf.register_new_resolver("av_stamp", run_stamp, replace=True)
+OmegaConf.register_new_resolver("av_unique_dir", unique_dir, replace=True)
+OmegaConf.register_new_resolver("av_small_stem", small_stem_for, replace=True)
 OmegaConf.register_new_resolver("av_arch", architecture, replace=True)
 OmegaConf.register_new_resolver("av_main_only", main_process_only, replace=True)
 
@@ -54,16 +80,60 @@ def group_options(group: str) -> List[str]:
     return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
 
 
+def _key_values(overrides: Iterable[str]):
+    """``(key, [values])`` of the plain ``key=value[,value...]`` overrides: no ``+``/``~``, no flags, no function
+    syntax."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and not key.startswith(("-", "+", "~")) and "(" not in value:
+            yield key, value.split(",")
+
+
 def check_group_overrides(overrides: Iterable[str]) -> None:
     """Fail with one line for ``group=value`` overrides that name no config, listing the group's options."""
-    for override in overrides:
-        key, sep, value = override.lstrip("+~").partition("=")
-        if not sep or key not in GROUPS or "(" in value:
+    for key, values in _key_values(overrides):
+        if key not in GROUPS:
             continue
         options = group_options(key)
-        for choice in value.split(","):
+        for choice in values:
             if choice not in options and not (key == "experiment" and choice == "null"):
-                raise ConfigError(f"{key}={choice} is not a {key} config; choose one of {', '.join(options)}")
+                article = "an" if key[0] in "aeiou" else "a"
+                raise ConfigError(f"{key}={choice} is not {article} {key} config; choose one of {', '.join(options)}")
+
+
+def _leaf_keys(cfg) -> List[str]:
+    """Every dotted key of ``cfg``, inner nodes included (``model``, ``model.depth``...)."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    keys, stack = [], [("", container)]
+    while stack:
+        prefix, node = stack.pop()
+        for name, value in node.items():
+            keys.append(prefix + str(name))
+            if isinstance(value, dict):
+                stack.append((f"{prefix}{name}.", value))
+    return keys
+
+
+def check_overrides(config_name: str, overrides: Iterable[str]) -> None:
+    """Fail with one line for overrides Hydra would reject with a wall of text: unknown group options, and keys
+    that are not in the config (naming the closest key; ``+key=value`` adds a new one). Keys are checked against
+    the config of every combination of the group choices a multirun sweeps."""
+    overrides = list(overrides)
+    check_group_overrides(overrides)
+    pairs = list(_key_values(overrides))
+    groups = [[f"{key}={value}" for value in values] for key, values in pairs if key in GROUPS]
+    keys = [key for key, _ in pairs if key not in GROUPS and not key.startswith("hydra.")]
+    if not keys:
+        return
+    for choice in itertools.islice(itertools.product(*groups), 16):
+        cfg = compose(config_name, list(choice))
+        known = set(_leaf_keys(cfg))
+        for key in keys:
+            if key not in known:
+                where = f" with {' '.join(choice)}" if choice else ""
+                close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise ConfigError(f"{key} is not a config key{where}{hint} (+{key}=VALUE adds a new key)")
 
 
 def compose(config_name: str = "train", overrides: Optional[List[str]] = None):

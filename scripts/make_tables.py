@@ -12,7 +12,9 @@ against GMACs and against params, beside the papers' points: the rows of each --
 --sweep DIR tabulates one multirun (``logs/train/multiruns/<time>`` or ``logs/count_flops/multiruns/<time>``):
 one line per combination of the swept overrides (--keys, default those whose values differ) with the mean of
 each metric, in ``<out>.csv``/``.md`` (default ``DIR/sweep``) and, with --plots, ``<out>.png``.
-Every file names the command that made it.
+Runs whose loss diverged (``status`` diverged) are marked in the per-run table, left out of means (counted in
+``n_diverged``, not in ``n_seeds``) and drawn as no point. Every file names the command that made it; a row file
+that is no JSON object stops the script with one line naming it.
 """
 import argparse
 import shlex

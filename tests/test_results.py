@@ -1,14 +1,21 @@
-"""Result rows survive concurrent writers (every row lands whole, none is lost); sweep and seed tables; plots."""
+"""Result rows survive concurrent writers (every row lands whole, none is lost) and are strict JSON; broken rows
+fail in one line; sweep and seed tables and plots, with diverged runs marked and left out of means and points."""
 import json
+import math
 import multiprocessing as mp
 import statistics
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from attnvision.errors import ConfigError
 from attnvision.results import (accuracy_figure, comparison_table, read_rows, read_sweep_rows, save_png,
-                                sweep_figure, sweep_table, throughput_figure, write_row, write_table)
+                                sweep_figure, sweep_table, throughput_figure, write_json_atomic, write_row,
+                                write_table)
 from attnvision.engine.checkpoint import save_checkpoint, load_checkpoint
+from conftest import run_cli
 
 WRITERS, ROWS_EACH, PAYLOAD = 8, 20, "x" * 4096
 
@@ -49,6 +56,23 @@ def test_long_row_names_are_shortened_uniquely(tmp_path):
     assert sorted(r["name"] for r in read_rows(tmp_path)) == names
 
 
+def _strict(constant):
+    raise AssertionError(f"{constant} is not JSON")
+
+
+def test_write_json_atomic_writes_non_finite_floats_as_null(tmp_path):
+    nan, inf = float("nan"), float("inf")
+    row = {"top1": nan, "val_loss": inf, "history": [{"loss": -inf, "top1": 1.5}, (np.float32(nan), 2)],
+           "np": {"nan": np.float64(nan), "inf": np.float32(inf), "ok": np.float32(0.5), "n": np.int64(3)},
+           "torch": [torch.tensor(nan), torch.tensor(-inf), torch.tensor(0.25), torch.tensor(7)],
+           "run_dir": Path("/runs/a")}
+    text = write_json_atomic(tmp_path / "m.json", row).read_text()
+    assert json.loads(text, parse_constant=_strict) == {
+        "top1": None, "val_loss": None, "history": [{"loss": None, "top1": 1.5}, [None, 2]],
+        "np": {"nan": None, "inf": None, "ok": 0.5, "n": 3}, "torch": [None, None, 0.25, 7], "run_dir": "/runs/a"}
+    assert read_rows(tmp_path)[0]["top1"] is None
+
+
 def test_read_sweep_rows_finds_count_and_train_jobs(tmp_path):
     write_row(tmp_path / "rows", "0_model.heads=1", {"job": "count"})
     write_row(tmp_path / "1_model.heads=2", "metrics", {"job": "train"})
@@ -56,10 +80,25 @@ def test_read_sweep_rows_finds_count_and_train_jobs(tmp_path):
     assert sorted(r["job"] for r in read_sweep_rows(tmp_path)) == ["count", "train"]
 
 
+@pytest.mark.parametrize("source,file,text,problem", [  # a truncated row; a row that is no object
+    ("--rows", "rows/x.json", '{\n  "model": "a",\n  "top1": 98.0\n  "to', "Expecting ',' delimiter: line 4 column 3"),
+    ("--sweep", "0_model.heads=1/metrics.json", '[{"model": "a"}]', "a JSON list, not an object"),
+])
+def test_make_tables_names_a_broken_row_in_one_line(tmp_path, source, file, text, problem):
+    write_row(tmp_path / "rows", "ok", {"model": "b", "top1": 90.0})
+    (tmp_path / file).parent.mkdir(exist_ok=True)
+    (tmp_path / file).write_text(text)
+    proc = run_cli("scripts/make_tables.py", source, str(tmp_path / ("rows" if source == "--rows" else "")),
+                   "--out", str(tmp_path / "t"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [f"error: {tmp_path / file} is not a valid result row ({problem}); delete it "
+                                        f"or rerun its run"]
+    assert not (tmp_path / "t.md").exists()
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    import torch
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+    save_checkpoint(path, {"epoch": 1, "model": {"w": torch.ones(3)}})
 
     class Boom(Exception):
         pass
@@ -69,7 +108,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr("os.replace", fail)
     try:
-        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+        save_checkpoint(path, {"epoch": 2, "model": {"w": torch.zeros(3)}})
     except Boom:
         pass
     assert load_checkpoint(path)["epoch"] == 1  # the old checkpoint is intact
@@ -89,12 +128,23 @@ def _sweep_rows():
 
 def test_sweep_table_pivots_metrics_against_the_swept_keys():
     table = sweep_table(_sweep_rows())
-    assert list(table.columns) == ["model.heads", "model.kernel_size", "top1", "params_m", "gmacs"]
+    assert list(table.columns) == ["model.heads", "model.kernel_size", "top1", "params_m", "gmacs", "n_diverged"]
     assert table[["model.heads", "model.kernel_size", "top1"]].values.tolist() == \
         [[1, 3, 90.0], [1, 5, 91.0], [4, 3, 93.0], [4, 5, 95.0]]  # the two seeds of (4, 3) averaged
-    assert table["gmacs"].tolist() == [6.0, 10.0, 6.0, 10.0]
+    assert table["gmacs"].tolist() == [6.0, 10.0, 6.0, 10.0] and table["n_diverged"].tolist() == [0, 0, 0, 0]
     table = sweep_table(_sweep_rows(), keys=["model.kernel_size"], metrics=["top1"])
-    assert table.values.tolist() == [[3, 92.0], [5, 93.0]]
+    assert table.values.tolist() == [[3, 92.0, 0], [5, 93.0, 0]]
+
+
+def test_sweep_table_leaves_diverged_rows_out_of_the_means():
+    rows = _sweep_rows()
+    rows[3].update(status="diverged", top1=10.0)  # seed 1 of (4, 3)
+    rows[4].update(status="diverged", top1=None)  # the only run of (4, 5)
+    rows[0]["status"] = "finished"
+    table = sweep_table(rows)
+    assert table["top1"].tolist()[:3] == [90.0, 91.0, 92.0] and math.isnan(table["top1"].iloc[3])
+    assert table["n_diverged"].tolist() == [0, 0, 1, 1]
+    assert table["gmacs"].tolist()[:3] == [6.0, 10.0, 6.0]
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -110,7 +160,7 @@ def test_sweep_table_without_swept_overrides_says_so():
     rows = [{"model": "a", "top1": 1.0}, {"model": "b", "top1": 2.0}]
     with pytest.raises(ConfigError, match=r"no override differs across these 2 rows \(they record none\)"):
         sweep_table(rows)
-    assert sweep_table(rows, keys=["model"]).values.tolist() == [["a", 1.0], ["b", 2.0]]
+    assert sweep_table(rows, keys=["model"]).values.tolist() == [["a", 1.0, 0], ["b", 2.0, 0]]
 
 
 def _seed_rows():
@@ -129,9 +179,9 @@ def _seed_rows():
 def test_comparison_table_aggregates_seeds(tmp_path):
     table = comparison_table(_seed_rows(), aggregate_seeds=True)
     assert list(table.columns) == ["model", "family", "data", "params_m", "gmacs", "top1_mean", "top1_std",
-                                   "train_img_per_s_mean", "train_img_per_s_std", "n_seeds"]
+                                   "train_img_per_s_mean", "train_img_per_s_std", "n_seeds", "n_diverged"]
     assert table["model"].tolist() == ["san10_patchwise", "av_resnet26", "san10_patchwise"]
-    assert table["n_seeds"].tolist() == [3, 3, 1]
+    assert table["n_seeds"].tolist() == [3, 3, 1] and table["n_diverged"].tolist() == [0, 0, 0]
     assert table["top1_mean"].tolist() == pytest.approx([(98.0 + 98.5 + 97.6) / 3, 95.0, 50.0])
     assert table["top1_std"].iloc[:2].tolist() == pytest.approx(
         [statistics.stdev([98.0, 98.5, 97.6]), 1.0])  # sample standard deviation
@@ -140,6 +190,26 @@ def test_comparison_table_aggregates_seeds(tmp_path):
     md = (tmp_path / "seeds.md").read_text()
     assert "| top1 " in md and "98.03 ± 0.45" in md and "95.00 ± 1.00" in md and "| 50.00 " in md
     assert (tmp_path / "seeds.csv").read_text().splitlines()[1].split(",")[5:7] == ["top1_mean", "top1_std"]
+
+
+def test_comparison_table_marks_diverged_runs_and_leaves_them_out_of_seed_means(tmp_path):
+    rows = _seed_rows()
+    rows[1].update(status="diverged", top1=10.0, train_img_per_s=99.0)  # seed 1 of san10_patchwise
+    rows[3]["status"] = "finished"
+    rows[6].update(status="diverged", top1=None)  # the kernel_size=3 configuration's only seed
+    runs = comparison_table(rows)
+    assert list(runs.columns) == ["model", "family", "data", "params_m", "gmacs", "top1", "status",
+                                  "train_img_per_s", "seed", "git_commit", "run_dir"]
+    assert runs["status"].tolist() == ["finished", "diverged", "finished", "finished", "finished", "finished",
+                                       "diverged"]  # rows without a status finished
+    seeds = comparison_table(rows, aggregate_seeds=True)
+    assert seeds["n_seeds"].tolist() == [2, 3, 0] and seeds["n_diverged"].tolist() == [1, 0, 1]
+    assert seeds["top1_mean"].iloc[:2].tolist() == pytest.approx([(98.0 + 97.6) / 2, 95.0])
+    assert seeds["top1_std"].iloc[0] == pytest.approx(statistics.stdev([98.0, 97.6]))
+    assert seeds["train_img_per_s_mean"].iloc[0] == pytest.approx(21.0)  # seeds 0 and 2: 20 and 22
+    assert seeds[["top1_mean", "top1_std"]].iloc[2].isna().all()
+    write_table(seeds, tmp_path / "seeds", "cmd")
+    assert "97.80 ± 0.28" in (tmp_path / "seeds.md").read_text()
 
 
 def _digits_table():
@@ -177,6 +247,20 @@ def test_accuracy_figure_draws_ours_and_the_papers_points(tmp_path):
     assert len(accuracy_figure(_digits_table()).legends) == 1  # no paper points, no paper legend
 
 
+def test_figures_draw_no_diverged_runs():
+    rows = [{"model": "san10_patchwise", "family": "san_patchwise", "data": "digits", "image_size": 32,
+             "params": 9_813_000, "macs": 551_000_000, "top1": top1, "train_img_per_s": speed, **status}
+            for top1, speed, status in [(98.9, 20.0, {}), (10.0, 99.0, {"status": "diverged"}),
+                                        (98.1, 22.0, {"status": "finished"})]]
+    table = comparison_table(rows)
+    for fig, ys in ((accuracy_figure(table), [98.9, 98.1]), (throughput_figure(table), [20.0, 22.0])):
+        (points,) = fig.axes[0].containers  # the one model's errorbar: its data line holds the points
+        assert points.lines[0].get_xydata()[:, 1].tolist() == ys
+    table = comparison_table(rows[1:2])  # every run diverged: no points, no legend of ours
+    assert [legend.get_title().get_text() for legend in accuracy_figure(table, PAPER).legends] == ["paper"]
+    assert not throughput_figure(table).axes[0].containers
+
+
 def test_bad_paper_point_names_what_it_lacks():
     with pytest.raises(ConfigError, match=r"paper point 0 \(ResNet-26\) lacks macs, top1; each needs family, label"):
         accuracy_figure(_digits_table(), [{"family": "resnet", "label": "ResNet-26", "params": 1}])
@@ -188,7 +272,7 @@ def test_throughput_and_sweep_figures(tmp_path):
     _assert_png(save_png(fig, tmp_path / "t.png", "make it"))
     keys = ["model.heads", "model.kernel_size"]
     fig = sweep_figure(sweep_table(_sweep_rows(), keys=keys), keys)
-    assert [ax.get_ylabel() for ax in fig.axes] == ["top-1 (%)", "params (M)", "GMACs"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["top-1 (%)", "params (M)", "GMACs"]  # no n_diverged panel
     assert [line.get_label() for line in fig.axes[0].lines] == ["model.kernel_size=3", "model.kernel_size=5"]
     assert fig.axes[0].lines[0].get_xydata().tolist() == [[1, 90.0], [4, 93.0]]
     _assert_png(save_png(fig, tmp_path / "sweep.png", "make it"))

@@ -51,15 +51,6 @@ def test_resume_matches_uninterrupted_run(make_cfg, tmp_path, monkeypatch, preci
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
-def test_resume_auto_finds_the_last_checkpoint(make_cfg, tmp_path):
-    cfg = make_cfg(*TINY, "trainer.epochs=1", "trainer.limit_train_batches=1", run="runs/a")
-    train(cfg)
-    cfg = make_cfg(*TINY, "trainer.epochs=2", "trainer.limit_train_batches=1", "trainer.resume=auto", run="runs/b")
-    result = train(cfg)
-    assert load_checkpoint(tmp_path / "runs" / "b" / "last.pt")["num_updates"] == 2
-    assert result.metrics["epochs"] == 2
-
-
 def test_evaluate_reproduces_recorded_top1(make_cfg, tmp_path):
     cfg = make_cfg("model.depth=test", "trainer.epochs=4", "optim.lr=3e-3")
     metrics = train(cfg).metrics

@@ -9,7 +9,8 @@ import torch
 from attnvision.errors import ConfigError
 from attnvision.results.rows import atomic_write_bytes
 
-__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "resolve_resume"]
+__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state",
+           "remove_stale_temporaries"]
 
 
 def save_checkpoint(path, state: dict) -> Path:
@@ -19,11 +20,30 @@ def save_checkpoint(path, state: dict) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def load_checkpoint(path, map_location="cpu", key: str = "checkpoint") -> dict:
+    """The checkpoint at ``path``, loaded weights-only (no code runs); a missing, truncated, foreign or malicious file
+    is a one-line ConfigError that names ``key=path``."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"checkpoint={path} does not exist")
-    return torch.load(path, map_location=map_location, weights_only=True)
+        raise ConfigError(f"{key}={path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch.load raises KeyError, RuntimeError, UnpicklingError... for files it can't read
+        reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{key}={path} is not a readable attnvision checkpoint (truncated, corrupt or not written "
+                          f"by torch.save: {reason})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ConfigError(f"{key}={path} holds no attnvision checkpoint (no 'model' weights in it)")
+    return ckpt
+
+
+def remove_stale_temporaries(folder) -> list:
+    """Delete the ``.<name>.<random>.tmp`` files an interrupted atomic write left in ``folder`` (a run's own
+    directory: no other process writes there); returns their paths."""
+    stale = list(Path(folder).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def capture_rng_state() -> dict:
@@ -44,21 +64,3 @@ def restore_rng_state(state: dict) -> None:
     np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def resolve_resume(resume, run_dir: Path):
-    """``trainer.resume``: null (fresh run), ``auto`` or a checkpoint path.
-
-    ``auto`` takes this run dir's ``last.pt`` if there is one, else the newest ``last.pt`` of a sibling run
-    directory (runs are grouped by ``run_name``, i.e. model and data), else starts fresh.
-    """
-    if resume in (None, False, ""):
-        return None
-    if resume == "auto":
-        candidates = [run_dir / "last.pt"] if (run_dir / "last.pt").is_file() else \
-            sorted(run_dir.parent.glob("*/last.pt"), key=lambda p: p.stat().st_mtime)[-1:]
-        return candidates[0] if candidates else None
-    path = Path(resume)
-    if not path.is_file():
-        raise ConfigError(f"trainer.resume={resume} is not a file; use auto, null or a checkpoint path")
-    return path

@@ -8,10 +8,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 
-from attnvision.errors import ConfigError
+from attnvision.data import check_data_cfg
+from attnvision.errors import check_choice
 from attnvision.results import write_row
 from attnvision.results.rows import git_commit
 
+from .checks import check_image_size
 from .complexity import count_complexity
 from .trainer import command_line_overrides
 
@@ -26,8 +28,9 @@ CONVENTION_NOTES = {
 
 def count_flops(cfg) -> dict:
     """Count ``cfg.model`` at ``cfg.data.image_size`` (batch 1, eval mode) and print a table or one JSON line."""
-    if cfg.format not in ("table", "json"):
-        raise ConfigError(f"format={cfg.format!r} is unknown; choose one of table, json")
+    check_choice("format", cfg.format, ("table", "json"))
+    check_data_cfg(cfg.data)
+    check_image_size(cfg.model, cfg.data.image_size)
     model = instantiate(cfg.model)
     arch = model.pretrained_cfg["architecture"]
     c = count_complexity(model, cfg.data.image_size, convention=cfg.convention)

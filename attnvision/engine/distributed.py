@@ -5,7 +5,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "world_from_env", "broadcast_object", "all_reduce_sum", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "world_from_env", "broadcast_object", "all_reduce_sum", "all_reduce_max",
+           "barrier"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,12 @@ def broadcast_object(obj, src: int = 0):
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return values
 
 

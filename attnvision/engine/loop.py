@@ -1,6 +1,8 @@
 """One training epoch and one validation pass, shared by the trainer and ``evaluate.py``."""
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from typing import Callable, Optional
 
@@ -10,8 +12,9 @@ from torch import nn
 from tqdm import tqdm
 
 from .distributed import all_reduce_sum
+from .guards import NonFinite, first_non_finite
 
-__all__ = ["Precision", "train_one_epoch", "validate"]
+__all__ = ["EpochProgress", "Precision", "train_one_epoch", "validate"]
 
 
 class Precision:
@@ -35,25 +38,61 @@ def _to_device(images, targets, device, channels_last: bool):
     return images, targets.to(device, non_blocking=True)
 
 
+@dataclass
+class EpochProgress:
+    """How far an epoch got: batches done, running sums (loss, top-1 hits, images) and seconds; what a mid-epoch
+    checkpoint keeps so that the resumed epoch ends with the same statistics."""
+
+    step: int = 0
+    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
+    seconds: float = 0.0
+
+
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn: Callable, precision: Precision,
                     device: torch.device, num_updates: int, world_size: int = 1, channels_last: bool = False,
                     clip_grad: Optional[float] = None, limit_batches: Optional[int] = None, desc: str = "",
                     show_progress: bool = True, on_step: Optional[Callable] = None, log_every: int = 10,
-                    mixup: Optional[Callable] = None, ema: Optional[ModelEmaV3] = None) -> dict:
+                    mixup: Optional[Callable] = None, ema: Optional[ModelEmaV3] = None,
+                    progress: Optional[EpochProgress] = None, boundary: Optional[Callable] = None) -> dict:
     """Run one epoch; returns mean loss, top-1 on the training batches, images/s (all ranks) and update count.
 
     ``mixup`` (timm's Mixup) mixes each batch and gives the soft targets ``loss_fn`` is computed against; top-1
     still compares the prediction with each image's own, unmixed label. ``ema`` is updated with the unwrapped
-    model after every optimizer step.
+    model after every optimizer step. ``progress`` continues an epoch a checkpoint stopped in (the loader then
+    yields only its remaining batches). The losses are checked every ``log_every`` steps (where they are read
+    anyway) and before every checkpoint: a non-finite one raises NonFinite naming its step.
+    ``boundary(num_updates, snapshot)``, called after every update but the epoch's last, may checkpoint (taking
+    ``snapshot()``) or stop.
     """
     model.train()
     total = min(len(loader), limit_batches) if limit_batches else len(loader)
+    progress = progress or EpochProgress()
     # Running sums stay on the device; they are read (a host sync) only every `log_every` steps.
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1 hits, images
-    start = time.perf_counter()
-    bar = tqdm(islice(loader, total), total=total, desc=desc, disable=not show_progress, dynamic_ncols=True,
-               leave=True)
-    for step, (images, targets) in enumerate(bar, 1):
+    sums = progress.sums.to(device)
+    start = time.perf_counter() - progress.seconds
+    losses, last_finite = [], None  # losses since the last check, on the device
+
+    def check_losses(step: int):
+        nonlocal last_finite
+        values = torch.stack(losses).tolist()
+        bad = first_non_finite(values)
+        if bad is not None:
+            i, value = bad
+            last = values[i - 1] if i else last_finite
+            raise NonFinite(f"the training loss was {value} at step {step - len(values) + 1 + i} (last finite loss "
+                            f"{'none' if last is None else format(last, '.4g')})")
+        last_finite = values[-1]
+        losses.clear()
+
+    def snapshot(step: int) -> EpochProgress:
+        """The epoch so far, for a mid-epoch checkpoint, once its pending losses are checked."""
+        if losses:
+            check_losses(step)
+        return EpochProgress(step, sums.detach().cpu().clone(), time.perf_counter() - start)
+
+    bar = tqdm(islice(loader, total - progress.step), total=total, initial=progress.step, desc=desc,
+               disable=not show_progress, dynamic_ncols=True, leave=True)
+    for step, (images, targets) in enumerate(bar, progress.step + 1):
         images, targets = _to_device(images, targets, device, channels_last)
         loss_targets = targets
         if mixup is not None:
@@ -73,15 +112,19 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn: Cal
         if ema is not None:
             ema.update(unwrap_model(model))
 
+        losses.append(loss.detach().float())
         sums += torch.stack([loss.detach().double() * len(targets), (logits.argmax(1) == targets).sum().double(),
                              torch.tensor(len(targets), dtype=torch.float64, device=device)])
         if step % log_every == 0 or step == total:
+            check_losses(step)
             loss_avg, hits, seen = sums.tolist()
             img_per_s = seen * world_size / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss_avg / seen:.3f}", acc=f"{100 * hits / seen:.1f}", img_s=f"{img_per_s:.0f}",
                             refresh=False)
             if on_step is not None:
-                on_step(num_updates, loss.item(), optimizer.param_groups[0]["lr"])
+                on_step(num_updates, last_finite, optimizer.param_groups[0]["lr"])
+        if boundary is not None and step < total:
+            boundary(num_updates, partial(snapshot, step))
     seconds = time.perf_counter() - start
     sums = all_reduce_sum(sums)
     return {"train_loss": float(sums[0] / sums[2]), "train_top1": float(100 * sums[1] / sums[2]),

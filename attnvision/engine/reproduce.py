@@ -59,7 +59,7 @@ def _diff_pct(ours: float, paper) -> float:
 
 def _compose(table: str, row: str, mode: str, overrides: Sequence[str]):
     """The train config of ``experiment=<table>/<row>``; in ``mode=train`` with its run directory."""
-    run_dir = f"paths.output_dir=${{paths.log_dir}}/reproduce/{table}/{row}/${{av_stamp:}}"
+    run_dir = f"paths.output_dir=${{av_unique_dir:${{paths.log_dir}}/reproduce/{table}/{row}}}"
     return compose("train", [f"experiment={table}/{row}", *([run_dir] if mode == "train" else []), *overrides])
 
 

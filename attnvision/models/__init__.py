@@ -8,7 +8,7 @@ from torch import nn
 from attnvision.errors import ConfigError
 from . import axial, lrnet, ps_resnet, resnet, san, sasa
 
-__all__ = ["FAMILIES", "Family", "create_model", "model_name"]
+__all__ = ["FAMILIES", "Family", "check_kernel_sizes", "create_model", "model_name"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,21 @@ def model_name(family: str, depth: Union[int, str], **choices) -> str:
     return spec.names[depth].format(**parts)
 
 
+def check_kernel_sizes(kwargs: dict) -> None:
+    """Every family's windows are centred on their pixel: ``model.kernel_size`` (and SAN's per-stage
+    ``model.kernel_sizes``) must be positive odd integers."""
+    sizes = {"kernel_size": [kwargs.get("kernel_size")], "kernel_sizes": list(kwargs.get("kernel_sizes") or [])}
+    for key, values in sizes.items():
+        for k in values:
+            if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0):
+                shown = kwargs[key] if key == "kernel_sizes" else k
+                raise ConfigError(f"model.{key}={shown} must be positive odd window sizes (1, 3, 5, 7...): a "
+                                  f"window is centred on its pixel")
+
+
 def create_model(family: str, depth: Union[int, str], **kwargs) -> nn.Module:
     """Build ``model=<family>`` at ``model.depth`` through timm; the family's choice keys pick the variant, every
     other config key goes to the constructor."""
+    check_kernel_sizes(kwargs)
     choices = {key: kwargs.pop(key) for key in FAMILIES.get(family, Family({})).choices if key in kwargs}
     return timm.create_model(model_name(family, depth, **choices), **kwargs)

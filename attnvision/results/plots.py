@@ -12,7 +12,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from attnvision.errors import ConfigError
 
-from .rows import atomic_write_bytes
+from .rows import DIVERGED, atomic_write_bytes
 
 __all__ = ["accuracy_figure", "throughput_figure", "sweep_figure", "save_png", "PAPER_KEYS"]
 
@@ -62,7 +62,10 @@ def _colors(table: pd.DataFrame, paper_families=()) -> tuple:
 
 def _scatter_models(ax, table: pd.DataFrame, x: str, y: str, yerr: Optional[str], markers: dict,
                     colors: dict) -> None:
-    """Our runs: one colour and legend entry per model, the marker of its family, error bars over seeds."""
+    """Our runs: one colour and legend entry per model, the marker of its family, error bars over seeds; diverged
+    runs (``status``) are no points."""
+    if "status" in table:
+        table = table[table["status"] != DIVERGED]
     for model, runs in table.groupby("model", sort=False):
         ax.errorbar(runs[x], runs[y], yerr=runs[yerr] if yerr else None, fmt=markers[runs["family"].iloc[0]],
                     color=colors[model], markersize=7, capsize=3, linestyle="none", label=model)
@@ -117,8 +120,9 @@ def accuracy_figure(table: pd.DataFrame, paper: Optional[Sequence[dict]] = None)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(_label("top1") + (", mean ± std over seeds" if yerr else ""))
     ours = [(h, label) for h, label in zip(*axes[1].get_legend_handles_labels()) if h not in paper_handles]
-    fig.legend(*zip(*ours), loc="outside right upper", fontsize=8, title=f"ours ({_runs_on(table)})",
-               title_fontsize=8)
+    if ours:  # none when every run diverged
+        fig.legend(*zip(*ours), loc="outside right upper", fontsize=8, title=f"ours ({_runs_on(table)})",
+                   title_fontsize=8)
     if paper_handles:
         fig.legend(paper_handles, paper["label"], loc="outside lower center", ncols=PAPER_COLUMNS, fontsize=8,
                    title="paper", title_fontsize=8)
@@ -137,16 +141,18 @@ def throughput_figure(table: pd.DataFrame) -> Figure:
     ax.set_xlabel(_label("gmacs"))
     ax.set_ylabel(_label("train_img_per_s"))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if ax.containers:  # none when every run diverged
+        ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"training throughput against cost ({_runs_on(table)})")
     return fig
 
 
 def sweep_figure(table: pd.DataFrame, keys: Sequence[str]) -> Figure:
-    """Each metric of a sweep table (its columns besides ``keys``, one panel each) against the first swept key, one
-    line per combination of the other keys; numeric values spanning 8x or more on a log2 axis."""
+    """Each metric of a sweep table (its columns besides ``keys`` and ``n_diverged``, one panel each) against the
+    first swept key, one line per combination of the other keys; numeric values spanning 8x or more on a log2
+    axis."""
     _require(table, keys, "sweep")
-    metrics = [c for c in table.columns if c not in keys]
+    metrics = [c for c in table.columns if c not in (*keys, "n_diverged")]
     x, others = keys[0], list(keys[1:])
     numeric = pd.api.types.is_numeric_dtype(table[x])
     fig = Figure(figsize=(4.2 * len(metrics) + 1.5, 4), layout="constrained")

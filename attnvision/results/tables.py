@@ -11,13 +11,13 @@ from omegaconf import OmegaConf
 from attnvision.config import CONFIG_DIR
 from attnvision.errors import ConfigError
 
-from .rows import atomic_write_bytes
+from .rows import DIVERGED, FINISHED, atomic_write_bytes
 
 __all__ = ["comparison_table", "sweep_table", "override_frame", "swept_keys", "write_table", "machine",
            "DEFAULT_COLUMNS", "SEED_METRICS", "SWEEP_METRICS"]
 
 DEFAULT_COLUMNS = ("model", "family", "data", "image_size", "epochs", "params_m", "gmacs", "top1", "top5",
-                   "best_top1", "train_img_per_s", "wall_s", "seed", "git_commit", "run_dir")
+                   "best_top1", "status", "train_img_per_s", "wall_s", "seed", "git_commit", "run_dir")
 # What varies from seed to seed (averaged by aggregate_seeds) and what names the configuration (grouped on, with
 # the overrides that are neither seeds nor locations); the other columns (seed, git_commit, run_dir...) are dropped.
 SEED_METRICS = ("top1", "top5", "best_top1", "val_loss", "train_img_per_s", "wall_s")
@@ -31,8 +31,9 @@ RUN_ONLY_OVERRIDES = (*OmegaConf.load(CONFIG_DIR / "hydra" / "default.yaml").job
 
 
 def _frame(rows: Iterable[dict]) -> pd.DataFrame:
-    """The rows as a frame, with parameters in millions and multiply-adds in billions."""
+    """The rows as a frame, with parameters in millions, multiply-adds in billions and a status for every row."""
     df = pd.DataFrame(list(rows))
+    df["status"] = df["status"].fillna(FINISHED) if "status" in df else FINISHED
     if "params" in df:
         df["params_m"] = (df["params"] / 1e6).round(3)
     if "macs" in df:
@@ -40,18 +41,26 @@ def _frame(rows: Iterable[dict]) -> pd.DataFrame:
     return df
 
 
+def _drop_diverged(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """``df`` with the ``metrics`` of its diverged rows blanked, so that means and stds skip them, and a column
+    ``n_diverged`` (1 for a diverged row, else 0) to sum."""
+    diverged = df["status"] == DIVERGED
+    return df.assign(**{m: df[m].astype(float).mask(diverged) for m in metrics}, n_diverged=diverged.astype(int))
+
+
 def comparison_table(rows: Iterable[dict], columns: Optional[Sequence[str]] = DEFAULT_COLUMNS,
                      aggregate_seeds: bool = False) -> pd.DataFrame:
-    """One line per run with parameters in millions and multiply-adds in billions; with ``aggregate_seeds``, one
-    line per configuration: ``<metric>_mean`` / ``<metric>_std`` (sample std) over its seeds and ``n_seeds``."""
+    """One line per run with parameters in millions, multiply-adds in billions and its ``status`` (rows without one
+    finished); with ``aggregate_seeds``, one line per configuration: ``<metric>_mean`` / ``<metric>_std`` (sample
+    std) over its finished seeds, ``n_seeds`` (those finished) and ``n_diverged`` (those left out)."""
     df = _frame(rows)
     if df.empty:
         return df
     if aggregate_seeds:
         df = _aggregate_seeds(df)
         if columns is not None:
-            columns = [name for c in columns for name in
-                       ([f"{c}_mean", f"{c}_std"] if c in SEED_METRICS else ["n_seeds"] if c == "seed" else [c])]
+            columns = [name for c in columns for name in ([f"{c}_mean", f"{c}_std"] if c in SEED_METRICS else
+                                                          ["n_seeds", "n_diverged"] if c == "seed" else [c])]
     if columns is not None:
         df = df[[c for c in columns if c in df.columns]]
     return df
@@ -66,14 +75,17 @@ def _config_overrides(overrides) -> str:
 
 
 def _aggregate_seeds(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample standard deviation of SEED_METRICS over rows that differ only in seed (and run)."""
+    """Mean and sample standard deviation of SEED_METRICS over the finished rows that differ only in seed (and
+    run), their number ``n_seeds`` and that of the diverged ones, ``n_diverged``; a configuration whose every seed
+    diverged keeps its line, with n_seeds 0 and no means."""
     df = df.assign(config_overrides=df["overrides"].map(_config_overrides) if "overrides" in df else "")
     keys = [c for c in (*CONFIG_COLUMNS, "config_overrides") if c in df]
     metrics = [c for c in SEED_METRICS if c in df]
-    grouped = df.groupby(keys, dropna=False, sort=False)
+    grouped = _drop_diverged(df, metrics).groupby(keys, dropna=False, sort=False)
     stats = grouped[metrics].agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
-    return stats.assign(n_seeds=grouped.size()).reset_index()
+    n_diverged = grouped["n_diverged"].sum()
+    return stats.assign(n_seeds=grouped.size() - n_diverged, n_diverged=n_diverged).reset_index()
 
 
 def _override_value(override):
@@ -99,8 +111,9 @@ def swept_keys(overrides: pd.DataFrame) -> List[str]:
 def sweep_table(rows: Sequence[dict], keys: Optional[Sequence[str]] = None,
                 metrics: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """One line per combination of the swept ``keys`` (default: the override keys whose values differ across rows;
-    a key may also name a row column such as ``model``) with the mean of each metric over the rows that share it
-    (``metrics`` default: those of SWEEP_METRICS the rows have)."""
+    a key may also name a row column such as ``model``) with the mean of each metric over the finished rows that
+    share it (``metrics`` default: those of SWEEP_METRICS the rows have) and ``n_diverged``, the number of its rows
+    left out because they diverged."""
     rows = list(rows)
     if not rows:
         raise ConfigError("no rows to tabulate")
@@ -122,7 +135,8 @@ def sweep_table(rows: Sequence[dict], keys: Optional[Sequence[str]] = None,
             raise ConfigError(f"metric {metric!r} is no numeric column of these rows; choose from {', '.join(numeric)}")
     if not metrics:
         raise ConfigError(f"these rows have none of the metrics {', '.join(SWEEP_METRICS)}")
-    return df.groupby(keys, dropna=False)[metrics].mean().reset_index()
+    grouped = _drop_diverged(df, metrics).groupby(keys, dropna=False)
+    return grouped[metrics].mean().assign(n_diverged=grouped["n_diverged"].sum()).reset_index()
 
 
 def _mean_pm_std(df: pd.DataFrame) -> pd.DataFrame:
