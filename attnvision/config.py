@@ -122,7 +122,9 @@ def check_overrides(config_name: str, overrides: Iterable[str]) -> None:
     check_group_overrides(overrides)
     pairs = list(_key_values(overrides))
     groups = [[f"{key}={value}" for value in values] for key, values in pairs if key in GROUPS]
-    keys = [key for key, _ in pairs if key not in GROUPS and not key.startswith("hydra.")]
+    # Hydra's own keys, group paths and packages (hydra/launcher=..., a/b=..., a@b=...) are Hydra's to check
+    keys = [key for key, _ in pairs if key not in GROUPS and not key.startswith("hydra.")
+            and "/" not in key and "@" not in key]
     if not keys:
         return
     for choice in itertools.islice(itertools.product(*groups), 16):

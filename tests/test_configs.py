@@ -3,6 +3,7 @@ import pytest
 from hydra.utils import instantiate
 
 from attnvision.config import group_options
+from attnvision.errors import ConfigError
 
 def test_groups_have_the_contract_options():
     assert set(group_options("data")) == {"digits", "cifar10", "cifar100", "imagenet", "synthetic"}
@@ -56,3 +57,15 @@ def test_optim_and_sched_configs_build_timm_objects(make_cfg, opt, sched):
     assert isinstance(optimizer, torch.optim.SGD if opt != "adamw" else torch.optim.AdamW)
     if opt != "adamw":
         assert optimizer.param_groups[0]["nesterov"] == (opt == "nesterov")
+
+
+def test_unknown_keys_are_named_and_hydra_overrides_pass():
+    from attnvision.config import check_overrides
+    check_overrides("train", ["hydra/job_logging=disabled", "hydra.verbose=true", "model=resnet", "model.depth=test",
+                              "+model.extra=1"])
+    with pytest.raises(ConfigError, match=r"^model.kernal_size is not a config key with model=resnet; "
+                                          r"did you mean model.kernel_size\?"):
+        check_overrides("train", ["model=resnet", "model.kernal_size=3"])
+    check_overrides("train", ["model=sasa_resnet", "model.heads=2"])
+    with pytest.raises(ConfigError, match=r"^model.heads is not a config key with model=resnet"):
+        check_overrides("train", ["-m", "model=sasa_resnet,resnet", "model.heads=2"])  # every swept choice
