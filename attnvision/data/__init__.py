@@ -4,7 +4,7 @@ from typing import Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from attnvision.errors import ConfigError
+from attnvision.errors import ConfigError, check_positive_int
 from .cifar import cifar_datasets
 from .digits import digits_datasets
 from .imagenet import imagefolder_datasets
@@ -23,9 +23,7 @@ def check_data_cfg(data_cfg, world_size: int = 1) -> None:
     if data_cfg.name not in DATASETS:
         raise ConfigError(f"data.name={data_cfg.name!r} is unknown; choose one of {', '.join(DATASETS)}")
     for key in ("batch_size", "image_size", "num_classes"):
-        value = data_cfg[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"data.{key}={value!r} must be a positive integer")
+        check_positive_int(f"data.{key}", data_cfg[key])
     fixed = NUM_CLASSES.get(data_cfg.name, data_cfg.num_classes)
     if data_cfg.num_classes != fixed:
         raise ConfigError(f"data.num_classes={data_cfg.num_classes} but {data_cfg.name} has {fixed} classes; "

@@ -263,9 +263,12 @@ def train(cfg) -> TrainResult:
         saved = (run_dir / "last.pt", epoch_done, updates)
 
     def requested_signal() -> int:
-        """The signal some rank received (0: none); every rank agrees, so all stop at the same update."""
+        """The signal some rank received (0: none); every rank agrees, so all stop at the same update. One process
+        reads its own flag: no device tensor, no host sync per update."""
+        if not rt.dist.enabled:
+            return signals.requested or 0
         signum = torch.tensor([float(signals.requested or 0)], device=rt.device)
-        return int(all_reduce_max(signum).item()) if rt.dist.enabled else int(signum.item())
+        return int(all_reduce_max(signum).item())
 
     def preempted(signum: int, epoch_done: int, updates: int, step: int) -> Preempted:
         if is_main:

@@ -5,7 +5,7 @@ from typing import Union
 import timm
 from torch import nn
 
-from attnvision.errors import ConfigError
+from attnvision.errors import ConfigError, is_int
 from . import axial, lrnet, ps_resnet, resnet, san, sasa
 
 __all__ = ["FAMILIES", "Family", "check_kernel_sizes", "create_model", "model_name"]
@@ -65,7 +65,7 @@ def check_kernel_sizes(kwargs: dict) -> None:
     sizes = {"kernel_size": [kwargs.get("kernel_size")], "kernel_sizes": list(kwargs.get("kernel_sizes") or [])}
     for key, values in sizes.items():
         for k in values:
-            if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0):
+            if k is not None and (not is_int(k) or k < 1 or k % 2 == 0):
                 shown = kwargs[key] if key == "kernel_sizes" else k
                 raise ConfigError(f"model.{key}={shown} must be positive odd window sizes (1, 3, 5, 7...): a "
                                   f"window is centred on its pixel")
