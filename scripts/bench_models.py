@@ -1,10 +1,11 @@
-"""Training-step time of whole models, side by side, relative to the first one (the baseline).
+"""Training- or eval-step time of whole models, side by side, relative to the first one (the baseline).
 
-    python scripts/bench_models.py                          # ResNet-26 vs SASA-26, SAN10: 32 and 224 px, batch 8
-    python scripts/bench_models.py --models av_resnet26 san10_patchwise --image-size 224 --device cuda
+    python scripts/bench_models.py                  # ResNet-26 vs every family's 26-layer net: 32 px (batch 64), 224 (8)
+    python scripts/bench_models.py --mode eval      # inference steps (no_grad, eval mode)
+    python scripts/bench_models.py --models av_resnet26 san10_patchwise --image-size 224 --batch 8 --device cuda
 
-One step = forward, label-smoothed cross-entropy, backward and an SGD update, as the trainer runs it (bf16
-autocast and channels-last by default). Inputs of 64 px or less use each model's small-image variant
+A training step = forward, label-smoothed cross-entropy, backward and an SGD update, as the trainer runs it (bf16
+autocast and channels-last by default); an eval step = a forward under no_grad in eval mode, as evaluation runs it. Inputs of 64 px or less use each model's small-image variant
 (``small_stem=True``), as the trainer does for digits and CIFAR. Steps are timed with torch.utils.benchmark after
 warm-up steps, in ``--rounds`` rounds that each time every model in turn (so a slow spell of a shared machine hits
 all of them); the table gives the median over rounds, the spread (max/min) and the ratio of medians to the first
@@ -25,8 +26,8 @@ import attnvision.models  # noqa: F401  (registers the models with timm)
 from attnvision.results.tables import machine, write_table
 
 
-def step_timer(name: str, image_size: int, batch: int, device: torch.device, precision: str):
-    """A ``benchmark.Timer`` of one training step of timm model ``name``, after two warm-up steps."""
+def step_timer(name: str, image_size: int, batch: int, device: torch.device, precision: str, mode: str = "train"):
+    """A ``benchmark.Timer`` of one training (or eval) step of timm model ``name``, after two warm-up steps."""
     torch.manual_seed(0)
     small = {"small_stem": True} if image_size <= 64 else {}  # timm's own models have no small_stem
     model = timm.create_model(name, num_classes=10, **small).to(device)
@@ -35,7 +36,7 @@ def step_timer(name: str, image_size: int, batch: int, device: torch.device, pre
     x = torch.randn(batch, 3, image_size, image_size, device=device).to(memory_format=torch.channels_last)
     target = torch.randint(0, 10, (batch,), device=device)
 
-    def step():
+    def train_step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = F.cross_entropy(model(x), target, label_smoothing=0.1)
         optimizer.zero_grad(set_to_none=True)
@@ -43,6 +44,15 @@ def step_timer(name: str, image_size: int, batch: int, device: torch.device, pre
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
+
+    def eval_step():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step = eval_step if mode == "eval" else train_step
+    model.train(mode == "train")
 
     for _ in range(2):
         step()
@@ -52,35 +62,41 @@ def step_timer(name: str, image_size: int, batch: int, device: torch.device, pre
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+",
-                        default=["av_resnet26", "sasa_resnet26", "san10_patchwise", "san10_pairwise"],
+                        default=["av_resnet26", "sasa_resnet26", "lrnet26", "ps_resnet26", "axial26s",
+                                 "san10_patchwise", "san10_pairwise"],
                         help="timm names; the first is the baseline")
     parser.add_argument("--image-size", type=int, nargs="+", default=[32, 224])
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, nargs="+", default=[64, 8], help="one per image size, or one for all")
+    parser.add_argument("--mode", default="train", choices=["train", "eval"])
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per model, interleaved")
     parser.add_argument("--out", default=None, help="output stem (default results/bench_models[_cuda])")
     args = parser.parse_args(argv)
+    if len(args.batch) not in (1, len(args.image_size)):
+        parser.error(f"--batch takes one value or one per image size ({len(args.image_size)}), not {args.batch}")
+    batches = args.batch * len(args.image_size) if len(args.batch) == 1 else args.batch
     device = torch.device(args.device)
     env = machine(device)
     rows = []
-    for size in args.image_size:
-        timers = {name: step_timer(name, size, args.batch, device, args.precision) for name in args.models}
+    for size, batch in zip(args.image_size, batches):
+        timers = {name: step_timer(name, size, batch, device, args.precision, args.mode) for name in args.models}
         times = {name: [] for name in args.models}
         for _ in range(args.rounds):
             for name, timer in timers.items():
                 times[name].append(timer.blocked_autorange(min_run_time=args.min_run_time).median * 1e3)
         for name, ms in times.items():
             median = sorted(ms)[len(ms) // 2]
-            rows.append({"model": name, "image_size": size, "batch": args.batch, "precision": args.precision,
-                         "step_ms": round(median, 1), "spread": round(max(ms) / min(ms), 2),
-                         "img_per_s": round(args.batch / median * 1e3, 1)})
+            rows.append({"model": name, "mode": args.mode, "image_size": size, "batch": batch,
+                         "precision": args.precision, "step_ms": round(median, 1), "spread": round(max(ms) / min(ms), 2),
+                         "img_per_s": round(batch / median * 1e3, 1)})
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     baseline = df[df.model == args.models[0]].set_index("image_size").step_ms
     df["ratio_to_" + args.models[0]] = (df.step_ms / df.image_size.map(baseline)).round(2)
-    stem = args.out or "results/bench_models" + ("_cuda" if device.type == "cuda" else "")
+    stem = args.out or "results/bench_models" + ("_eval" if args.mode == "eval" else "") + \
+        ("_cuda" if device.type == "cuda" else "")
     command = "python scripts/bench_models.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for path in write_table(df, stem, f"{command.strip()} ({env})"):
         print(f"wrote {path}")

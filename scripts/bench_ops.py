@@ -5,19 +5,26 @@
     python scripts/bench_ops.py --device cuda   # on a GPU                 -> results/bench_ops_cuda.*
 
 Condition: B=8, C=64, 56×56, float32, 8 heads. Each family's spatial layer, projections included, in its reference
-(pad + unfold) and fast (custom kernels) versions: the SASA and SAN layers are attnvision.layers' (sasa: q·k + q·r,
-mask; SAN pairwise: subtraction + position, γ MLP, softmax, reflect; patchwise: concatenation, γ MLP, no softmax,
-reflect), the others are composed here from attnvision.ops as the papers build them: lr (-(q-k)² + geometry-prior MLP,
-masked, contiguous groups) and axial (height then width, global span whatever k is, q·k + q·r + k·r, values + r;
-measured once, repeated per k).
+(pad + unfold) and fast (custom kernels) versions: the SASA, PS and SAN layers are attnvision.layers' (sasa: q·k +
+q·r, mask; ps: Axial-DeepLab's k×k position-sensitive layer with its BatchNorms; SAN pairwise: subtraction +
+position, γ MLP, softmax, reflect; patchwise: concatenation, γ MLP, no softmax, reflect), the others are composed
+here from attnvision.ops as the papers build them: lr (-(q-k)² + geometry-prior MLP, masked, contiguous groups, the
+input as values) and axial (height then width, global span whatever k is, q·k + q·r + k·r, values + r, no
+BatchNorms; measured once, repeated per k).
 Forward is timed under no_grad, forward+backward with a scalar loss, with torch.utils.benchmark (warm-up, then
-blocked autorange). Peak memory is the extra memory of one forward+backward over the inputs:
+blocked autorange), in ``--rounds`` rounds that each time the conv and then every layer (a slow spell of a shared
+machine hits them alike); the table gives medians over rounds of the times and of the per-round ratios to the conv.
+Roofline columns: the layer's multiply-adds (FLOP counter, forward) and its minimal bytes (input read, output
+written, parameters read once), and the forward times those imply at the conv's measured FLOP rate and at the
+machine's copy bandwidth (measured here: a 256 MiB tensor copy). Peak memory is the extra memory of one
+forward+backward over the inputs:
 torch.cuda.max_memory_allocated on CUDA; on CPU, in a child process, the peak resident set (VmHWM, reset through
 /proc/self/clear_refs) with glibc's mmap threshold at 64 KiB, so every tensor's pages come and go with it (that
 setting slows allocation, so the timings run without it).
 """
 import argparse
 import os
+from statistics import median
 import subprocess
 import sys
 from pathlib import Path
@@ -28,12 +35,13 @@ from torch import nn
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnvision.layers import SANPairwise, SANPatchwise, SASAttention
+from attnvision.layers import PSAttention, SANPairwise, SANPatchwise, SASAttention
+from attnvision.layers.conv import split_projection
 from attnvision.ops import Footprint, axial_footprint, local_attention
 from attnvision.results.tables import machine, write_table
 
 B, C, H, W, HEADS = 8, 64, 56, 56, 8
-LAYERS = ("conv3x3", "sasa", "san_pairwise", "san_patchwise", "lr", "axial")
+LAYERS = ("conv3x3", "sasa", "ps", "san_pairwise", "san_patchwise", "lr", "axial")
 
 
 class LocalRelation(nn.Module):
@@ -70,12 +78,13 @@ class Axial(nn.Module):
 
     def forward(self, x):
         for fp, qkv, rel, rel_v in zip(self.fps, self.qkv, self.rel, self.rel_v):
-            q, k, v = qkv(x).split(self.split, 1)
+            q, k, v = split_projection(qkv, x)[0].split(self.split, 1)
             x = local_attention(q, k, v, fp, HEADS, rel_q=rel[0], rel_k=rel[1], rel_v=rel_v, impl=self.impl)
         return x
 
 
 FAMILIES = {"sasa": lambda k, impl: SASAttention(C, C, kernel_size=k, num_heads=HEADS, impl=impl),
+            "ps": lambda k, impl: PSAttention(C, C, kernel_size=k, num_heads=HEADS, impl=impl),
             "san_pairwise": lambda k, impl: SANPairwise(C, C, kernel_size=k, impl=impl),
             "san_patchwise": lambda k, impl: SANPatchwise(C, C, kernel_size=k, impl=impl), "lr": LocalRelation,
             "axial": Axial}
@@ -139,20 +148,35 @@ def peak_extra_mb_cpu(layer: str, k: int, impl: str) -> float:
     return float(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(layer: str, k: int, impl: str, device, min_run_time: float) -> dict:
-    # FLOPs as the fast kernels' formulas count them, so both implementations of a layer report one figure (the
-    # reference's local_attention adds its bias outside any counted op)
+def count(layer: str, k: int, device) -> dict:
+    """Forward FLOPs as the fast kernels' formulas count them (so both implementations of a layer report one figure;
+    the reference's local_attention adds its bias outside any counted op), and the minimal bytes."""
+    forward, _ = setup(layer, k, "fast" if layer != "conv3x3" else "reference", device)
     with FlopCounterMode(display=False) as counter:
-        setup(layer, k, "fast" if layer != "conv3x3" else impl, device)[0]()
-    forward, forward_backward = setup(layer, k, impl, device)
+        forward()
+    params = sum(p.numel() for p in build(layer, k, "reference").parameters())
+    return {"gflops": counter.get_total_flops() / 1e9, "macs_g": counter.get_total_flops() / 2e9,
+            "min_mb": (2 * B * C * H * W + params) * 4 / 2 ** 20}
+
+
+def time_round(fns: dict, min_run_time: float) -> dict:
+    """{row: (fwd ms, fwd+bwd ms)} for one round over every row's closures."""
     times = {}
-    for name, fn in (("fwd", forward), ("fwdbwd", forward_backward)):
-        fn()  # warm-up: kernel builds, allocator, autotuning
-        timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-        times[name] = timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-    peak = peak_extra_mb(layer, k, impl, device) if device.type == "cuda" else peak_extra_mb_cpu(layer, k, impl)
-    return {"layer": layer, "impl": impl, "k": k, "fwd_ms": times["fwd"], "fwdbwd_ms": times["fwdbwd"],
-            "peak_mb": peak, "gflops": counter.get_total_flops() / 1e9}
+    for row, (forward, forward_backward) in fns.items():
+        times[row] = tuple(benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+                           .blocked_autorange(min_run_time=min_run_time).median * 1e3
+                           for fn in (forward, forward_backward))
+    return times
+
+
+def copy_bandwidth_gb_s() -> float:
+    """Read + write bandwidth of a 256 MiB tensor copy on this machine (best of 5)."""
+    src = torch.randn(64 * 2 ** 20)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(benchmark.Timer("dst.copy_(src)", globals={"dst": dst, "src": src},
+                               num_threads=torch.get_num_threads()).timeit(3).median for _ in range(5))
+    return 2 * src.numel() * 4 / best / 1e9
 
 
 def main(argv=None) -> int:
@@ -161,7 +185,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--layers", nargs="*", default=list(LAYERS), choices=LAYERS)
     parser.add_argument("--impls", nargs="*", default=["reference", "fast"], choices=["reference", "fast"])
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per measurement")
+    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measurements of every row")
     parser.add_argument("--out", default=None, help="output stem (default results/bench_ops[_k<k>][_cuda])")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -170,34 +195,54 @@ def main(argv=None) -> int:
     env = machine(device)
     print(f"B={B} C={C} {H}x{W} fp32 heads={HEADS} | {env}", flush=True)
 
-    rows = []
-    if "conv3x3" in args.layers:
-        conv = measure("conv3x3", 3, "reference", device, args.min_run_time)
-        print(conv, flush=True)
-    for k in args.k:
-        if "conv3x3" in args.layers:
-            rows.append(dict(conv, k=k, impl="-"))
-        for layer in args.layers:
-            if layer == "conv3x3":
-                continue
-            for impl in args.impls:
-                done = [r for r in rows if r["layer"] == layer == "axial" and r["impl"] == impl]
-                rows.append(dict(done[0], k=k) if done else measure(layer, k, impl, device, args.min_run_time))
-                print(rows[-1], flush=True)
-    df = pd.DataFrame(rows)
-    conv_fwd = df.loc[df.layer == "conv3x3", "fwd_ms"].iloc[0] if "conv3x3" in args.layers else float("nan")
-    conv_fwdbwd = df.loc[df.layer == "conv3x3", "fwdbwd_ms"].iloc[0] if "conv3x3" in args.layers else float("nan")
-    df["fwd_ratio_conv"] = df.fwd_ms / conv_fwd
-    df["fwdbwd_ratio_conv"] = df.fwdbwd_ms / conv_fwdbwd
-    df["in_out_mb"] = 2 * B * C * H * W * 4 / 2 ** 20
+    # one row per (layer, impl, k); the conv once; axial's global span is the same layer for every k: once per impl
+    rows = [("conv3x3", "-", 3)] + [(layer, impl, k) for k in args.k for layer in args.layers if layer != "conv3x3"
+                                    for impl in args.impls if layer != "axial" or k == args.k[0]]
+    rows = [r for r in rows if r[0] != "conv3x3" or "conv3x3" in args.layers]
+    fns = {row: setup(row[0], row[2], "reference" if row[1] == "-" else row[1], device) for row in rows}
+    for fn_pair in fns.values():
+        for fn in fn_pair:
+            fn()  # warm-up: kernel builds, allocator, autotuning
+    rounds = []
+    for r in range(args.rounds):
+        rounds.append(time_round(fns, args.min_run_time))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{'/'.join(map(str, row))} {t[0]:.1f}/{t[1]:.1f} ms"
+                                                           for row, t in rounds[-1].items()), flush=True)
+    conv = ("conv3x3", "-", 3)
+    out = []
+    for row in rows:
+        layer, impl, k = row
+        fwd, fwdbwd = ([t[row][i] for t in rounds] for i in (0, 1))
+        entry = {"layer": layer, "impl": impl, "k": k, "fwd_ms": median(fwd), "fwdbwd_ms": median(fwdbwd)}
+        if conv in fns:
+            entry["fwd_ratio_conv"] = median([t[row][0] / t[conv][0] for t in rounds])
+            entry["fwdbwd_ratio_conv"] = median([t[row][1] / t[conv][1] for t in rounds])
+        peak = peak_extra_mb(layer, k, impl if impl != "-" else "reference", device) if device.type == "cuda" \
+            else peak_extra_mb_cpu(layer, k, impl if impl != "-" else "reference")
+        out.append({**entry, "peak_mb": peak, **count(layer, k, device)})
+    for layer, impl, k in [r for r in rows if r[0] == "axial"]:  # the same global layer, repeated per k
+        out += [dict(e, k=k2) for e in out if e["layer"] == "axial" and e["impl"] == impl for k2 in args.k[1:]]
+    df = pd.DataFrame(out)
+    bandwidth = copy_bandwidth_gb_s() if device.type == "cpu" else float("nan")
     df["gflop_per_s_fwd"] = df.gflops / (df.fwd_ms / 1e3)
-    df = df.round(3)
+    if conv in fns:
+        conv_rate = df.loc[df.layer == "conv3x3", "gflop_per_s_fwd"].iloc[0]
+        df["t_conv_rate_ms"] = df.gflops / conv_rate * 1e3
+        df["kernel_rate_vs_conv"] = df.gflop_per_s_fwd / conv_rate
+    df["t_copy_bw_ms"] = df.min_mb * 2 ** 20 / (bandwidth * 1e9) * 1e3
+    df = df.sort_values(["k", "layer", "impl"], key=lambda c: c.map(_order) if c.name == "layer" else c,
+                        kind="stable").round(3)
     command = "python scripts/bench_ops.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for path in write_table(df, stem, f"{command.strip()} ({env})"):
+    made_by = f"{command.strip()} ({env}; copy bandwidth {bandwidth:.1f} GB/s; median of {args.rounds} rounds)"
+    for path in write_table(df, stem, made_by):
         print(f"wrote {path}")
-    plot(df, Path(stem).with_suffix(".png"), f"{command.strip()} ({env})")
+    plot(df, Path(stem).with_suffix(".png"), made_by)
     print(df.to_markdown(index=False))
     return 0
+
+
+def _order(layer: str) -> int:
+    return LAYERS.index(layer)
 
 
 def plot(df: pd.DataFrame, path: Path, made_by: str) -> None:

@@ -8,6 +8,7 @@ from attnvision.engine.complexity import count_complexity
 from attnvision.errors import ConfigError
 from attnvision.layers import AxialAttention, AxialSpatial, PSAttention
 from attnvision.models import create_model
+from attnvision.ops import axial_footprint
 from conftest import reference_and_fast_grads
 
 
@@ -230,3 +231,32 @@ def test_full_model_stem_and_sizes():
     assert [n for n, p in test.named_parameters() if p.grad is None] == []
     with pytest.raises(ConfigError, match="model.stem='attention'"):
         create_model("axial_resnet", 26, stem="attention")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: PSAttention(16, 16, kernel_size=5, num_heads=2),
+    lambda: PSAttention(16, 16, kernel_size=3, num_heads=2, position_terms=("q",), padding="zero"),
+    lambda: AxialAttention(16, 16, "height", 20, None, 2),
+    lambda: AxialAttention(16, 16, "width", 20, 7, 2),
+    lambda: AxialAttention(16, 16, "width", 20, None, 2, position_terms=("k", "v"))],
+    ids=["ps", "ps-q-zero", "axial-height", "axial-span7", "axial-kv"])
+def test_eval_mode_folds_the_batchnorms_into_one_fused_attention(make):
+    """In eval mode the logit and output BatchNorms fold into k, v and the tables (fold_eval): the layer's output
+    equals the unfolded computation (K-sized logits, BN, softmax, BN) to float64 rounding; in training nothing folds."""
+    torch.manual_seed(0)
+    layer = make().double()
+    for bn in (layer.bn_qkv, layer.bn_logits, layer.bn_output):  # statistics and affines far from the identity
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
+    layer.eval()
+    x = torch.randn(2, 16, 20, 20, dtype=torch.float64)
+    q, k, v = layer.project(x)
+    if isinstance(layer, AxialAttention):
+        fp, rel = axial_footprint(20, layer.window(20), layer.axis), layer.relative_table(20)
+    else:
+        fp, rel = layer.footprint, layer.relative_embeddings()
+    torch.testing.assert_close(layer(x), layer.attend(q, k, v, fp, rel), rtol=1e-11, atol=1e-11)
+    layer.bn_logits.weight.data[0] = 0  # a zero q·k scale cannot be carried by k: the unfolded path runs
+    assert layer.fold_eval(q, k, v, fp, rel) is None
+    layer.train()
+    assert layer.fold_eval(q, k, v, fp, rel) is None

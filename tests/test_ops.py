@@ -217,6 +217,55 @@ def test_fused_attention_is_used_on_cpu_and_counts_its_flops():
     assert counter.get_total_flops() == 2 * 3 * b * c * k * k * h * w
 
 
+WIDE = [(Footprint(3, 1, 1, "mask"), 9, 37), (Footprint(7, 1, 1, "mask"), 12, 35), (Footprint(5, 1, 1, "zero"), 7, 16),
+        (Footprint(3, 1, 2, "reflect"), 7, 40), (Footprint(3, 2, 1, "mask"), 9, 37), (Footprint((1, 5), 1, 1, "mask"), 5, 21),
+        (axial_footprint(20, None, "width"), 3, 20), (axial_footprint(17, None, "height"), 17, 18)]
+
+
+@pytest.mark.parametrize("fp,h,w", WIDE, ids=[f"{_ids(fp)}-{h}x{w}" for fp, h, w in WIDE])
+@pytest.mark.parametrize("terms", ["", "qb", "qkv", "kvb"])
+def test_fused_attention_on_vector_blocks_matches_reference(fp, h, w, terms):
+    """Rows of 16 pixels and more take the fused kernel's register-tiled vector path (an overlapped last block,
+    border blocks with their own live offsets, skipped dead offsets of a global axial window); outputs and every
+    gradient equal the reference in float64, for 8-channel heads (full register tiles) and 3-channel ones."""
+    for c, heads in ((16, 2), (6, 2)):
+        g = torch.Generator().manual_seed(c)
+        ho, wo, k = *fp.out_size(h, w), fp.num_offsets
+
+        def rnd(*shape):
+            return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+        q, x, v = rnd(2, c, ho, wo), rnd(2, c, h, w), rnd(2, c, h, w)
+        extra = {"rel_q": rnd(1, c // heads, k) if "q" in terms else None,
+                 "rel_k": rnd(heads, c // heads, k) if "k" in terms else None,
+                 "rel_v": rnd(heads, c // heads, k) if "v" in terms else None,
+                 "bias": rnd(heads, k, 1, 1) if "b" in terms else None}
+        inputs = [q, x, v] + [t for t in extra.values() if t is not None]
+        results = []
+        for impl in IMPLS:
+            y = local_attention(q, x, v, fp, heads, impl=impl, **extra)
+            results.append((y, torch.autograd.grad(y, inputs, torch.ones_like(y) + y.detach())))
+        (y_ref, grads_ref), (y_fast, grads_fast) = results
+        torch.testing.assert_close(y_fast, y_ref, rtol=1e-10, atol=1e-10)
+        for g_fast, g_ref in zip(grads_fast, grads_ref):
+            torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("axis", ["height", "width"])
+def test_fused_global_axial_counts_the_dense_pairs(axis):
+    """A global axial window has 2L - 1 offsets, but the fused kernel skips the dead ones and is charged the L × L
+    pairs per line that Axial-DeepLab's dense matmuls compute."""
+    b, c, h, w, heads = 2, 8, 6, 20, 2
+    length = h if axis == "height" else w
+    q = torch.randn(b, c, h, w)
+    rel = torch.randn(1, c // heads, 2 * length - 1)
+    with FlopCounterMode(display=False) as counter:
+        local_attention(q, q, q, axial_footprint(length, None, axis), heads, rel, rel, rel, impl="fast")
+    assert set(map(str, counter.get_flop_counts()["Global"])) == {"attnvision.nbr_attention"}
+    pairs = b * heads * h * w * length
+    assert counter.get_total_flops() == 2 * (3 * pairs * c // heads + 2 * pairs * c // heads)
+
+
 def test_fast_path_stores_nothing_k_squared_sized():
     """Autograd keeps only inputs-sized tensors for the fast aggregation (the reference keeps the unfolded values)."""
     b, c, h, w, heads, k = 2, 16, 12, 12, 2, 7

@@ -19,7 +19,8 @@ Deviations and additions:
   - ``position_terms``: any subset of ('q', 'k', 'v'); the table and the logit BatchNorm hold only the enabled
     terms. With none, the layer is permutation-equivariant along its axis.
   - Computation: a global layer runs dense L × L matmuls per row or column with the relative embeddings gathered
-    as D × L × L, as the authors do (and counts their multiply-adds). A local window, and the reference path of a
+    as D × L × L, as the authors do (and counts their multiply-adds); in eval mode the BatchNorms fold into one
+    fused attention over the axis (``fold_eval``), charged the same L × L pairs. A local window, and the reference path of a
     global layer (``impl='reference'`` or ``set_default_impl('reference')``), run the shared ops core's footprint
     primitives over a 1 × m or 1 × (2·L - 1) window with masked borders, whose fast kernels make a local layer
     cost O(H·W·m). The paths agree (tests).
@@ -93,8 +94,12 @@ class AxialAttention(PositionSensitiveAttention):
         length = x.shape[2 if self.axis == "height" else 3]
         window = self.window(length)
         rel = self.relative_table(length)
+        fp = axial_footprint(length, window, self.axis)
+        y = self.fold_eval(q, k, v, fp, rel)
+        if y is not None:
+            return y
         if window is not None or requested_impl(self.impl) == "reference":
-            return self.attend(q, k, v, axial_footprint(length, window, self.axis), rel)
+            return self.attend(q, k, v, fp, rel)
         q, k, v = (axial_lines(t, self.axis, self.num_heads) for t in (q, k, v))  # B·other, heads, c, L
         weights = self.combine_logits(dense_axial_logits(q, k, rel.get("q"), rel.get("k")), None).softmax(-1)
         outputs = dense_axial_outputs(weights, v, rel.get("v"))  # B·other, heads, d, L

@@ -3,9 +3,27 @@
 Status: a plain ``nn.Conv2d`` without bias, stride on the k×k conv as in ResNet v1.5 (torchvision/timm), which is
 the baseline the attention papers compare against. Border semantics: zero padding of k // 2.
 """
+from typing import List
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvSpatial"]
+__all__ = ["ConvSpatial", "split_projection"]
+
+
+def split_projection(conv: nn.Conv2d, x: torch.Tensor, parts: int = 1) -> List[torch.Tensor]:
+    """``conv(x).chunk(parts, 1)`` for a bias-free 1×1 projection. On CPU with an NCHW input it runs as convs of at
+    most 64 output channels: oneDNN's NCHW 1×1 conv took 3-4× longer for 128-192 outputs than the same outputs in
+    64-channel pieces (scripts/bench_ops.py's layers), and each part comes out contiguous, as the fused kernels read
+    it. Channels-last inputs (the trainer's) and other devices take the one conv."""
+    if x.device.type != "cpu" or not x.is_contiguous() or conv.bias is not None:
+        return list(conv(x).chunk(parts, 1))
+    outputs = []
+    for weight in conv.weight.chunk(parts, 0):
+        pieces = [F.conv2d(x, w) for w in weight.split(64, 0)]
+        outputs.append(pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1))
+    return outputs
 
 
 class ConvSpatial(nn.Conv2d):

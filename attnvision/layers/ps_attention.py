@@ -11,6 +11,10 @@ axial layer (csrhddlam/axial-deeplab ``lib/models/axialnet.py``), which the pape
     in its own BatchNorm (``normalizes_output``: the ResNet block adds none after it).
 Deviation: the logit BatchNorm takes its statistics over the (o, p) pairs the softmax can attend (inside the image
 and the window); in a dense L × L axial layer with a global span those are all pairs, as in the authors' code.
+Computation in eval mode: both BatchNorms are affine per channel, so they fold into the fused attention
+(``fold_eval``): the logit BN's scales into k and the relative tables (its shifts are constant over the window and
+cancel in the softmax), the output BN's into v and r^v, plus its shifts. The same outputs, within float rounding,
+without the K-sized logits.
 
 ``PSAttention`` is the 2-D k×k layer of Table 1: SASA's layer (``sasa.py``: dense q, k, v of C_out channels,
 heads, factorised row/column relative embeddings shared by the heads, mask borders, stride by a 2×2 average pool
@@ -23,8 +27,10 @@ import torch
 from torch import nn
 
 from attnvision.errors import ConfigError, check_choice
-from attnvision.ops import Footprint, key_position_term, local_aggregate, local_logits, local_softmax, query_position_term
+from attnvision.ops import (Footprint, key_position_term, local_aggregate, local_attention, local_logits, local_softmax,
+                            query_position_term)
 
+from .conv import split_projection
 from .sasa import relative_embedding
 
 __all__ = ["PositionSensitiveAttention", "PSAttention", "POSITION_TERMS"]
@@ -67,7 +73,8 @@ class PositionSensitiveAttention(nn.Module):
         """q, k (B × heads·qk_dim × H × W) and v (B × C_out × H × W), each head's channels contiguous."""
         b, _, height, width = x.shape
         d = self.widths["q"]
-        qkv = self.bn_qkv(self.qkv(x)).view(b, self.num_heads, 2 * d + self.head_dim, height, width)
+        qkv = self.bn_qkv(split_projection(self.qkv, x)[0])
+        qkv = qkv.view(b, self.num_heads, 2 * d + self.head_dim, height, width)
         return [t.reshape(b, -1, height, width) for t in qkv.split([d, d, self.head_dim], 2)]  # per-head splits
 
     def combine_logits(self, terms: List[torch.Tensor], attended: Optional[torch.Tensor]) -> torch.Tensor:
@@ -87,6 +94,33 @@ class PositionSensitiveAttention(nn.Module):
         """Sum of the batch-normalised outputs sum_p w v_p and sum_p w r^v (each B × C_out × H × W)."""
         y = self.bn_output(torch.cat(outputs, 1))  # B, (1 or 2)·C_out, H, W
         return y.view(y.shape[0], len(outputs), -1, *y.shape[-2:]).sum(1)
+
+    def fold_eval(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint,
+                  rel: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """``attend`` with both BatchNorms folded into one fused attention (eval mode: running statistics), or None
+        where they cannot fold: in training, or when a head's q·k scale γ/σ is below 1e-6 (k carries it, and the k·r^k
+        scale is divided by it)."""
+        if self.training or self.bn_logits.running_var is None or self.bn_output.running_var is None:
+            return None
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+
+        def scale_shift(bn):
+            scale = bn.weight.to(dtype) * (bn.running_var.to(dtype) + bn.eps).rsqrt()
+            return scale, bn.bias.to(dtype) - bn.running_mean.to(dtype) * scale
+
+        g, d = self.num_heads, self.head_dim
+        logit_scale = scale_shift(self.bn_logits)[0].view(-1, g)  # terms, heads: q·k, then q·r^q, k·r^k if enabled
+        if logit_scale[0].abs().min() < 1e-6:
+            return None
+        scales = dict(zip([t for t in self.terms if t != "v"], logit_scale[1:]))
+        out_scale, out_shift = (t.view(-1, g, d) for t in scale_shift(self.bn_output))  # outputs, heads, d
+        k = (k.to(dtype).view(k.shape[0], g, -1, *k.shape[-2:]) * logit_scale[0].view(1, g, 1, 1, 1)).flatten(1, 2)
+        v = (v.to(dtype).view(v.shape[0], g, d, *v.shape[-2:]) * out_scale[0].view(1, g, d, 1, 1)).flatten(1, 2)
+        terms = {"rel_q": rel["q"].to(dtype) * scales["q"].view(g, 1, 1) if "q" in rel else None,
+                 "rel_k": rel["k"].to(dtype) * (scales["k"] / logit_scale[0]).view(g, 1, 1) if "k" in rel else None,
+                 "rel_v": rel["v"].to(dtype) * out_scale[1].view(g, d, 1) if "v" in rel else None}
+        y = local_attention(q.to(dtype), k, v, fp, g, impl=self.impl, **terms)  # B, C_out, H, W
+        return y + out_shift.sum(0).view(1, -1, 1, 1)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint,
                rel: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -133,4 +167,6 @@ class PSAttention(PositionSensitiveAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.project(x)
-        return self.pool(self.attend(q, k, v, self.footprint, self.relative_embeddings()))
+        rel = self.relative_embeddings()
+        y = self.fold_eval(q, k, v, self.footprint, rel)
+        return self.pool(y if y is not None else self.attend(q, k, v, self.footprint, rel))

@@ -37,6 +37,8 @@ from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import (Footprint, local_aggregate, local_attention, local_logits, local_softmax,
                             mask_outside)
 
+from .conv import split_projection
+
 __all__ = ["SASAttention", "POSITIONAL_ENCODINGS", "LOGITS", "relative_embedding", "sinusoidal_encoding_2d"]
 
 POSITIONAL_ENCODINGS = ("relative", "absolute", "none")
@@ -114,8 +116,8 @@ class SASAttention(nn.Module):
         if self.positional_encoding == "absolute":
             x = x + sinusoidal_encoding_2d(x.shape[1], *x.shape[-2:], x.device).to(x.dtype)
         if self.logits == "qk_qr":
-            return self.qkv(x).chunk(3, 1)
-        q, v = self.qkv(x).chunk(2, 1)
+            return tuple(split_projection(self.qkv, x, 3))
+        q, v = split_projection(self.qkv, x, 2)
         return q, None, v
 
     def attention_logits(self, q: torch.Tensor, k: Optional[torch.Tensor]) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""Build and call the C kernels in ``csrc/nbr_cpu.c`` (the CPU fast path of the neighbourhood ops).
+"""Build and call the C kernels in ``csrc/`` (the CPU fast path of the neighbourhood ops): ``nbr_cpu.c`` (the three
+neighbourhood kernels) and ``attention_cpu.c`` (fused local attention).
 
-The source is compiled with the system C compiler (``$CC``, default ``cc``) on first use, for this machine
+The sources are compiled with the system C compiler (``$CC``, default ``cc``) on first use, for this machine
 (``-O3 -march=native -fopenmp``), into ``$AV_CACHE_DIR`` (default ``~/.cache/attnvision``), keyed by the source,
 flags and CPU; it takes about a second. Kernels are called through ctypes on raw data pointers of contiguous
 float32 / float64 tensors. Without a working compiler ``available()`` is False and the ops fall back to reference.
@@ -19,7 +20,8 @@ import torch
 
 __all__ = ["available", "launch", "attention_forward", "attention_backward"]
 
-SOURCE = Path(__file__).parent / "csrc" / "nbr_cpu.c"
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = (CSRC / "nbr_cpu.c", CSRC / "attention_cpu.c")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 KERNELS = ("nbr_dot", "nbr_agg", "nbr_agg_t")
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
@@ -36,7 +38,7 @@ def _cpu_id() -> str:
 @lru_cache(maxsize=None)
 def _library():
     compiler = os.environ.get("CC", "cc")
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in sorted(CSRC.iterdir()) if path.suffix in (".c", ".h"))
     tag = hashlib.sha1(source + " ".join([compiler, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("AV_CACHE_DIR", Path.home() / ".cache" / "attnvision"))
     lib_path = cache / f"nbr_cpu_{tag}.so"
@@ -45,7 +47,7 @@ def _library():
         fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so")
         os.close(fd)
         try:
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True,
+            subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], check=True, capture_output=True,
                            text=True)
             os.replace(tmp, lib_path)  # atomic: concurrent first uses never load a half-written library
         except (OSError, subprocess.CalledProcessError) as err:
@@ -61,8 +63,8 @@ def _library():
             fn.argtypes = [ctypes.c_void_p] * 3 + [i64] * 10 + [ctypes.c_int]
             fn.restype = None
     for suffix in SUFFIX.values():
-        getattr(lib, f"nbr_attention_fwd_{suffix}").argtypes = [ctypes.c_void_p] * 7 + [i64] * 16 + [ctypes.c_int]
-        getattr(lib, f"nbr_attention_bwd_{suffix}").argtypes = [ctypes.c_void_p] * 13 + [i64] * 16 + [ctypes.c_int]
+        getattr(lib, f"nbr_attention_fwd_{suffix}").argtypes = [ctypes.c_void_p] * 9 + [i64] * 18 + [ctypes.c_int]
+        getattr(lib, f"nbr_attention_bwd_{suffix}").argtypes = [ctypes.c_void_p] * 17 + [i64] * 18 + [ctypes.c_int]
     return lib
 
 
@@ -83,20 +85,22 @@ def _ptr(t):
     return None if t is None else t.data_ptr()
 
 
-def attention_forward(q, kp, vp, rel, bias, y, lse, groups: int, kh: int, kw: int, stride: int, dilation: int,
+def attention_forward(q, kp, vp, terms, y, lse, groups: int, kh: int, kw: int, stride: int, dilation: int,
                       mask: tuple) -> None:
-    """Fused local attention forward into ``y`` and ``lse`` (see ``nbr_attention_fwd`` in the C source)."""
+    """Fused local attention forward into ``y`` and ``lse``; ``terms`` = (rel_q, rel_k, rel_v, bias), each a
+    contiguous tensor or None (see ``attention_cpu.c``)."""
     n, d, ho, wo = q.shape
     fn = getattr(_library(), f"nbr_attention_fwd_{SUFFIX[q.dtype]}")
-    fn(q.data_ptr(), kp.data_ptr(), vp.data_ptr(), _ptr(rel), _ptr(bias), y.data_ptr(), lse.data_ptr(), n, groups,
-       d, vp.shape[1], ho, wo, kp.shape[-2], kp.shape[-1], kh, kw, stride, dilation, *mask, torch.get_num_threads())
+    fn(q.data_ptr(), kp.data_ptr(), vp.data_ptr(), *map(_ptr, terms), y.data_ptr(), lse.data_ptr(), n, groups, d,
+       vp.shape[1], ho, wo, kp.shape[-2], kp.shape[-1], kh, kw, stride, dilation, *mask, torch.get_num_threads())
 
 
-def attention_backward(q, kp, vp, rel, bias, y, lse, dy, dq, dkp, dvp, drel, dbias, groups: int, kh: int, kw: int,
+def attention_backward(q, kp, vp, terms, y, lse, dy, dq, dkp, dvp, dterms, groups: int, kh: int, kw: int,
                        stride: int, dilation: int, mask: tuple) -> None:
-    """Fused local attention backward, accumulating into zeroed dq, dkp, dvp and per-thread drel / dbias."""
+    """Fused local attention backward, accumulating into zeroed dq, dkp, dvp and the per-thread partial sums
+    ``dterms`` (one [threads, *term.shape] tensor or None per term)."""
     n, d, ho, wo = q.shape
     fn = getattr(_library(), f"nbr_attention_bwd_{SUFFIX[q.dtype]}")
-    fn(q.data_ptr(), kp.data_ptr(), vp.data_ptr(), _ptr(rel), _ptr(bias), y.data_ptr(), lse.data_ptr(),
-       dy.data_ptr(), dq.data_ptr(), dkp.data_ptr(), dvp.data_ptr(), _ptr(drel), _ptr(dbias), n, groups, d,
-       vp.shape[1], ho, wo, kp.shape[-2], kp.shape[-1], kh, kw, stride, dilation, *mask, torch.get_num_threads())
+    fn(q.data_ptr(), kp.data_ptr(), vp.data_ptr(), *map(_ptr, terms), y.data_ptr(), lse.data_ptr(), dy.data_ptr(),
+       dq.data_ptr(), dkp.data_ptr(), dvp.data_ptr(), *map(_ptr, dterms), n, groups, d, vp.shape[1], ho, wo,
+       kp.shape[-2], kp.shape[-1], kh, kw, stride, dilation, *mask, torch.get_num_threads())

@@ -19,9 +19,10 @@ import os
 from typing import List, Optional
 
 import torch
+import torch.nn.functional as F
 
 from . import cpu, kernels, reference
-from .fused import nbr_attention
+from .fused import XB, nbr_attention
 from .kernels import accumulate_dtype
 from .footprint import Footprint
 
@@ -256,31 +257,36 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footp
     """Multi-head local attention softmax_j(q_i·k_j + rel terms + bias) (v_j + rel_v[j-i]), B×Cv×Ho×Wo.
 
     ``bias`` broadcasts against the B×heads×K×Ho×Wo logits (LR-Net's geometry prior is heads×K×1×1). The fast
-    path is, for a global axial footprint, dense matmuls along the axis, and on CPU otherwise one fused kernel
-    (``fused.py``) when there is no rel_k / rel_v and the bias is per head and offset.
+    path, when the bias is per head and offset (or absent), is one fused kernel on CPU (``fused.py``) and, on
+    CUDA, dense matmuls along the axis for a global axial footprint; otherwise the three neighbourhood kernels.
     """
     head_bias = None if bias is None else _per_head_bias(bias, num_heads, fp.num_offsets)
+    fast = resolve_impl(impl, q.device) == "fast" and (bias is None or head_bias is not None)
+    if fast and q.device.type == "cpu":
+        b, c, ho, wo = q.shape
+        height, width = k.shape[-2:]
+        left, right, top, _ = fp.pads()
+        if fp.padding == "mask":  # only a block's lanes overhang the image, never a dead row: pad what they reach
+            reach = XB * fp.stride
+            kp, vp = (F.pad(t, (min(left, reach), min(right, reach))) for t in (k, v))
+            geometry = (height, width, top, left, 0, min(left, reach))
+        else:
+            kp, vp = fp.pad(k), fp.pad(v)
+            geometry = (0, 0, top, left, top, left)
+        terms = [None if r is None else r.expand(num_heads, -1, -1) for r in (rel_q, rel_k, rel_v)]
+        y, _ = nbr_attention(q.reshape(b * num_heads, c // num_heads, ho, wo),
+                             kp.reshape(b * num_heads, c // num_heads, *kp.shape[-2:]),
+                             vp.reshape(b * num_heads, v.shape[1] // num_heads, *vp.shape[-2:]), *terms, head_bias,
+                             num_heads, *_geometry(fp), *geometry)
+        return y.view(b, v.shape[1], ho, wo)
     axis = _global_axis(fp, *k.shape[-2:])
-    if axis is not None and resolve_impl(impl, q.device) == "fast" and (bias is None or head_bias is not None):
+    if fast and axis is not None:
         dtype = accumulate_dtype(q)
         qs, ks, vs = (axial_lines(t.to(dtype), axis, num_heads) for t in (q, k, v))
         logits = sum(dense_axial_logits(qs, ks, rel_q, rel_k))  # N, heads, L, L
         if head_bias is not None:
             logits = logits + _relative_lines(head_bias.to(dtype)[:, None], num_heads, qs.shape[-1])[:, 0]
         return axial_image(sum(dense_axial_outputs(logits.softmax(-1), vs, rel_v)), axis, q.shape[0])
-    if (q.device.type == "cpu" and resolve_impl(impl, q.device) == "fast" and rel_k is None and rel_v is None
-            and (bias is None or head_bias is not None)):
-        b, c, ho, wo = q.shape
-        height, width = k.shape[-2:]
-        kp, vp = fp.pad(k), fp.pad(v)
-        rel = None if rel_q is None else rel_q.expand(num_heads, -1, -1)
-        left, _, top, _ = fp.pads()
-        mask = (height, width, top, left) if fp.padding == "mask" else (0, 0, 0, 0)
-        y, _ = nbr_attention(q.reshape(b * num_heads, c // num_heads, ho, wo),
-                             kp.reshape(b * num_heads, c // num_heads, *kp.shape[-2:]),
-                             vp.reshape(b * num_heads, v.shape[1] // num_heads, *vp.shape[-2:]), rel, head_bias,
-                             num_heads, *_geometry(fp), *mask)
-        return y.view(b, v.shape[1], ho, wo)
     logits = local_logits(q, k, fp, num_heads, rel_q, rel_k, impl)
     if bias is not None:
         logits = logits + bias
