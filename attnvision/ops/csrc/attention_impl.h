@@ -195,21 +195,19 @@ static void FN(forward_lanes)(const FN(args) *a, FN(scratch) *w, int64_t n, int6
         }
     }
     FN(mask_edges)(l, g, w->cur.live, w->cur.edge, nl, x0);
-    for (int64_t i = 0; i < nx; i++) {
-        m[i] = -INFINITY;
-        sum[i] = 0;
-        for (int64_t j = 0; j < nl; j++) m[i] = l[j * XB + i] > m[i] ? l[j * XB + i] : m[i];
-        for (int64_t j = 0; j < nl; j++) sum[i] += (l[j * XB + i] = EXP(l[j * XB + i] - m[i]));
-        a->lse[n * qs + y * g->Wo + x0 + i] = m[i] + LOG(sum[i]);
-    }
+    for (int64_t i = 0; i < XB; i++) { m[i] = -INFINITY; sum[i] = 0; }
+    for (int64_t j = 0; j < nl; j++)
+        for (int64_t i = 0; i < nx; i++) m[i] = l[j * XB + i] > m[i] ? l[j * XB + i] : m[i];
+    for (int64_t j = 0; j < nl; j++)
+        for (int64_t i = 0; i < nx; i++) sum[i] += (l[j * XB + i] = EXP(l[j * XB + i] - m[i]));
+    for (int64_t i = 0; i < nx; i++) a->lse[n * qs + y * g->Wo + x0 + i] = m[i] + LOG(sum[i]);
     for (int64_t c = 0; c < g->Dv; c++) {
-        T *yc = a->y + n * g->Dv * qs + c * qs + y * g->Wo + x0;
-        for (int64_t i = 0; i < nx; i++) {
-            T acc = 0;
-            for (int64_t j = 0; j < nl; j++)
-                acc += l[j * XB + i] * (vb[c * ks + w->cur.shift[j] + i * s] + (rv ? rv[c * K + w->cur.live[j]] : 0));
-            yc[i] = acc / sum[i];
+        T *yc = a->y + n * g->Dv * qs + c * qs + y * g->Wo + x0, acc[XB] = {0};
+        for (int64_t j = 0; j < nl; j++) {
+            const T r_v = rv ? rv[c * K + w->cur.live[j]] : 0, *vc = vb + c * ks + w->cur.shift[j], *p = l + j * XB;
+            for (int64_t i = 0; i < nx; i++) acc[i] += p[i] * (vc[i * s] + r_v);
         }
+        for (int64_t i = 0; i < nx; i++) yc[i] = acc[i] / sum[i];
     }
 }
 
