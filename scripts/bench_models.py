@@ -1,16 +1,16 @@
 """Training- or eval-step time of whole models, side by side, relative to the first one (the baseline).
 
-    python scripts/bench_models.py                  # ResNet-26 vs every family's 26-layer net: 32 px (batch 64), 224 (8)
+    python scripts/bench_models.py                  # ResNet-26 vs every family's 26-layer net: 32 px/64, 224 px/8
     python scripts/bench_models.py --mode eval      # inference steps (no_grad, eval mode)
     python scripts/bench_models.py --models av_resnet26 san10_patchwise --image-size 224 --batch 8 --device cuda
 
 A training step = forward, label-smoothed cross-entropy, backward and an SGD update, as the trainer runs it (bf16
-autocast and channels-last by default); an eval step = a forward under no_grad in eval mode, as evaluation runs it. Inputs of 64 px or less use each model's small-image variant
-(``small_stem=True``), as the trainer does for digits and CIFAR. Steps are timed with torch.utils.benchmark after
-warm-up steps, in ``--rounds`` rounds that each time every model in turn (so a slow spell of a shared machine hits
-all of them); the table gives the median over rounds, the spread (max/min) and the ratio of medians to the first
-model at the same size. Writes
-results/bench_models[_cuda].{csv,md} (or ``--out``), each naming the command that made it.
+autocast and channels-last by default); an eval step = a forward under no_grad in eval mode, as evaluation runs it.
+Inputs of 64 px or less use each model's small-image variant (``small_stem=True``), as the trainer does for digits
+and CIFAR. Steps are timed with torch.utils.benchmark after warm-up steps, in ``--rounds`` rounds that each time
+every model in turn (so a slow spell of a shared machine hits all of them); the table gives the median over rounds,
+the spread (max/min) and the ratio of medians to the first model at the same size. Writes
+results/bench_models[_eval][_cuda].{csv,md} (or ``--out``), each naming the command that made it.
 """
 import argparse
 import sys
@@ -89,7 +89,8 @@ def main(argv=None) -> int:
         for name, ms in times.items():
             median = sorted(ms)[len(ms) // 2]
             rows.append({"model": name, "mode": args.mode, "image_size": size, "batch": batch,
-                         "precision": args.precision, "step_ms": round(median, 1), "spread": round(max(ms) / min(ms), 2),
+                         "precision": args.precision, "step_ms": round(median, 1),
+                         "spread": round(max(ms) / min(ms), 2),
                          "img_per_s": round(batch / median * 1e3, 1)})
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)

@@ -20,10 +20,10 @@ Deviations and additions:
     terms. With none, the layer is permutation-equivariant along its axis.
   - Computation: a global layer runs dense L × L matmuls per row or column with the relative embeddings gathered
     as D × L × L, as the authors do (and counts their multiply-adds); in eval mode the BatchNorms fold into one
-    fused attention over the axis (``fold_eval``), charged the same L × L pairs. A local window, and the reference path of a
-    global layer (``impl='reference'`` or ``set_default_impl('reference')``), run the shared ops core's footprint
-    primitives over a 1 × m or 1 × (2·L - 1) window with masked borders, whose fast kernels make a local layer
-    cost O(H·W·m). The paths agree (tests).
+    fused attention over the axis (``fold_eval``), charged the same L × L pairs. A local window, and the reference
+    path of a global layer (``impl='reference'`` or ``set_default_impl('reference')``), run the shared ops core's
+    footprint primitives over a 1 × m or 1 × (2·L - 1) window with masked borders, whose fast kernels make a local
+    layer cost O(H·W·m). The paths agree (tests).
   - The relative offsets are p - o for all three terms (the authors' code reads r^q and r^v at o - p): the same
     family of tables, mirrored.
 """

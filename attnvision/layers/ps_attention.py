@@ -29,6 +29,7 @@ from torch import nn
 from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import (Footprint, key_position_term, local_aggregate, local_attention, local_logits, local_softmax,
                             query_position_term)
+from attnvision.ops.kernels import accumulate_dtype
 
 from .conv import split_projection
 from .sasa import relative_embedding
@@ -98,11 +99,11 @@ class PositionSensitiveAttention(nn.Module):
     def fold_eval(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint,
                   rel: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
         """``attend`` with both BatchNorms folded into one fused attention (eval mode: running statistics), or None
-        where they cannot fold: in training, or when a head's q·k scale γ/σ is below 1e-6 (k carries it, and the k·r^k
-        scale is divided by it)."""
+        where they cannot fold: in training, or when a head's q·k scale γ/σ is below 1e-6 (k carries it, and the
+        k·r^k scale is divided by it)."""
         if self.training or self.bn_logits.running_var is None or self.bn_output.running_var is None:
             return None
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        dtype = accumulate_dtype(q)
 
         def scale_shift(bn):
             scale = bn.weight.to(dtype) * (bn.running_var.to(dtype) + bn.eps).rsqrt()

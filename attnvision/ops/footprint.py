@@ -10,7 +10,7 @@ Window centres are sampled at the stride, so the output is ``floor((H - 1) / str
 convolution; padding is ``dilation * (k - 1)``, split as evenly as possible (top/left get the smaller half).
 """
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +75,18 @@ class Footprint:
         dy = torch.arange(kh, device=device) * dil - top
         dx = torch.arange(kw, device=device) * dil - left
         return torch.stack(torch.meshgrid(dy, dx, indexing="ij"), -1).reshape(-1, 2)  # K, 2
+
+    def global_axis(self, height: int, width: int) -> Optional[str]:
+        """'height' or 'width' when this is a global axial window over a height×width image (2·L - 1 masked offsets
+        along an axis of L pixels, one across it, stride and dilation 1: every pixel of the axis from every pixel, see
+        ``axial_footprint``), else None."""
+        if self.padding != "mask" or self.stride != 1 or self.dilation != 1:
+            return None
+        if self.kernel_size == (1, 2 * width - 1):
+            return "width"
+        if self.kernel_size == (2 * height - 1, 1):
+            return "height"
+        return None
 
     def valid_mask(self, height: int, width: int, device=None) -> torch.Tensor:
         """K×Ho×Wo booleans: True where the neighbour lies inside the image."""

@@ -13,6 +13,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu
+from .footprint import Footprint
 from .kernels import accumulate_dtype
 
 __all__ = ["nbr_attention", "XB"]
@@ -78,11 +79,11 @@ def attention_pairs(ho: int, wo: int, kh: int, kw: int, stride: int, dilation: i
     """The (pixel, neighbour) pairs a FLOP count charges: every window offset of every output pixel, except for a
     masked global axial window (2L - 1 offsets along an axis of L), charged the L × L pairs per line that
     Axial-DeepLab's dense matmuls compute (and the kernel, skipping dead offsets, does)."""
-    if mask_h > 0 and stride == 1 and dilation == 1:
-        if (kh, kw) == (2 * mask_h - 1, 1):
-            return ho * ho * wo
-        if (kh, kw) == (1, 2 * mask_w - 1):
-            return wo * wo * ho
+    axis = Footprint((kh, kw), stride, dilation, "mask").global_axis(mask_h, mask_w) if mask_h > 0 else None
+    if axis == "height":
+        return ho * ho * wo
+    if axis == "width":
+        return wo * wo * ho
     return ho * wo * kh * kw
 
 

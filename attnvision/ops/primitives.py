@@ -194,17 +194,6 @@ def _per_head_bias(bias: Optional[torch.Tensor], num_heads: int, k: int) -> Opti
     return bias.expand(target).reshape(num_heads, k)
 
 
-def _global_axis(fp: Footprint, height: int, width: int) -> Optional[str]:
-    """The axis of a global axial footprint (every pixel of the axis, see ``axial_footprint``), else None."""
-    if fp.padding != "mask" or fp.stride != 1 or fp.dilation != 1:
-        return None
-    if fp.kernel_size == (1, 2 * width - 1):
-        return "width"
-    if fp.kernel_size == (2 * height - 1, 1):
-        return "height"
-    return None
-
-
 def axial_lines(t: torch.Tensor, axis: str, num_heads: int) -> torch.Tensor:
     """B×C×H×W -> (B·other)×heads×C/heads×L: the rows (``axis='width'``) or columns (``'height'``) as sequences."""
     if axis == "height":
@@ -279,7 +268,7 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footp
                              vp.reshape(b * num_heads, v.shape[1] // num_heads, *vp.shape[-2:]), *terms, head_bias,
                              num_heads, *_geometry(fp), *geometry)
         return y.view(b, v.shape[1], ho, wo)
-    axis = _global_axis(fp, *k.shape[-2:])
+    axis = fp.global_axis(*k.shape[-2:])
     if fast and axis is not None:
         dtype = accumulate_dtype(q)
         qs, ks, vs = (axial_lines(t.to(dtype), axis, num_heads) for t in (q, k, v))

@@ -1,6 +1,7 @@
 /* Fused local attention on CPU (the kernel behind attnvision::nbr_attention):
  *
- *   y[c] = sum_o p_o (v[c, nbr(o)] + rv[c, o]),   p = softmax_o(q·(k[nbr(o)] + rq[:, o]) + k[nbr(o)]·rk[:, o] + bias[o])
+ *   y[c] = sum_o p_o (v[c, nbr(o)] + rv[c, o]),
+ *   p = softmax_o(q·(k[nbr(o)] + rq[:, o]) + k[nbr(o)]·rk[:, o] + bias[o])
  *
  * per output pixel, over the live offsets o of a kh x kw footprint (see nbr_cpu.c for the layout and nbr()). q
  * [N,D,Ho,Wo], kp [N,D,Hp,Wp], vp [N,Dv,Hp,Wp]; rq, rk [G,D,K], rv [G,Dv,K] and bias [G,K] may be NULL; plane n
@@ -8,8 +9,9 @@
  * kp and vp are the images padded by pad_top / pad_left (and whatever bottom / right padding fills Hp x Wp).
  * mask_h > 0 drops neighbours outside the mask_h x mask_w image: offsets with no lane inside are skipped outright,
  * so a global axial window (K = 2L - 1) costs the L x L pairs of the dense form, and the padding only needs to hold
- * the lanes of a block that overhang the image (XB - 1 columns, no rows) instead of the window's reach. The forward keeps y and one log-sum-exp per pixel; the backward recomputes the
- * weights (as FlashAttention does), so neither pass stores anything K-sized.
+ * the lanes of a block that overhang the image (XB - 1 columns, no rows) instead of the window's reach. The forward
+ * keeps y and one log-sum-exp per pixel; the backward recomputes the weights (as FlashAttention does), so neither
+ * pass stores anything K-sized.
  *
  * Work is on blocks of XB = 16 pixels along x whose logits sit on the stack. Full stride-1 blocks run on explicit
  * vectors with register tiles: OT offsets share each loaded query (logits, dp) and CT channels share each loaded

@@ -349,7 +349,7 @@ static void FN(reduce_lanes)(T *dst, V *src, int64_t count) {
 
 #define MAKE_ARGS(Y, LSE) /* the backward reads y and lse through the forward's (non-const) fields */                  \
     FN(args) a = {q, kp, vp, rq, rk, rv, bias, Y, LSE, 0, 0, 0, 0, 0, 0, 0, 0,                                        \
-                  {N, G, D, Dv, Ho, Wo, Hp, Wp, kh, kw, kh * kw, s, dil, mask_h, mask_w, win_top, win_left, pad_top,      \
+                  {N, G, D, Dv, Ho, Wo, Hp, Wp, kh, kw, kh * kw, s, dil, mask_h, mask_w, win_top, win_left, pad_top,  \
                    pad_left}}
 #define GEOMETRY_PARAMS                                                                                               \
     int64_t N, int64_t G, int64_t D, int64_t Dv, int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh,          \
