@@ -29,20 +29,21 @@ def run_cli(*args, cwd=ROOT, timeout=300, env=None):
                           env=env)
 
 
-def reference_and_fast_grads(layer, x):
-    """[output, input grad, every parameter grad] of ``layer(x)`` with the reference ops, then with the fast ops,
-    under a fixed non-uniform loss; x must require grad."""
+def reference_and_fast_grads(layer, x, fast_layer=None):
+    """[output, input grad, every parameter grad] of ``layer(x)`` with the reference ops, then with the fast ops
+    (of ``fast_layer`` when given: a copy whose buffers evolve apart), under a fixed non-uniform loss; x must
+    require grad."""
     import torch
     from attnvision.ops import set_default_impl
     outs = []
-    for impl in ("reference", "fast"):
+    for impl, module in (("reference", layer), ("fast", fast_layer or layer)):
         set_default_impl(impl)
         try:
-            layer.zero_grad()
+            module.zero_grad()
             x.grad = None
-            y = layer(x)
+            y = module(x)
             (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-            outs.append([y.detach(), x.grad.clone(), *[p.grad.clone() for p in layer.parameters()]])
+            outs.append([y.detach(), x.grad.clone(), *[p.grad.clone() for p in module.parameters()]])
         finally:
             set_default_impl("auto")
     return outs

@@ -1,12 +1,15 @@
 """Axial-DeepLab (Wang et al., ECCV 2020): the position-sensitive axial and 2-D layers (widths, spans, sizes,
 equivariance, gradients, fast against reference ops) and the Axial-ResNet / PS-ResNet models (exact counts against
 the authors' code and Table 1, input sizes, stems)."""
+import copy
+
 import pytest
 import torch
 
 from attnvision.engine.complexity import count_complexity
 from attnvision.errors import ConfigError
 from attnvision.layers import AxialAttention, AxialSpatial, PSAttention
+from attnvision.layers import axial as axial_module
 from attnvision.models import create_model
 from attnvision.ops import axial_footprint
 from conftest import reference_and_fast_grads
@@ -233,30 +236,69 @@ def test_full_model_stem_and_sizes():
         create_model("axial_resnet", 26, stem="attention")
 
 
-@pytest.mark.parametrize("make", [
-    lambda: PSAttention(16, 16, kernel_size=5, num_heads=2),
-    lambda: PSAttention(16, 16, kernel_size=3, num_heads=2, position_terms=("q",), padding="zero"),
-    lambda: AxialAttention(16, 16, "height", 20, None, 2),
-    lambda: AxialAttention(16, 16, "width", 20, 7, 2),
-    lambda: AxialAttention(16, 16, "width", 20, None, 2, position_terms=("k", "v"))],
-    ids=["ps", "ps-q-zero", "axial-height", "axial-span7", "axial-kv"])
-def test_eval_mode_folds_the_batchnorms_into_one_fused_attention(make):
-    """In eval mode the logit and output BatchNorms fold into k, v and the tables (fold_eval): the layer's output
-    equals the unfolded computation (K-sized logits, BN, softmax, BN) to float64 rounding; in training nothing folds."""
+FOLDABLE = {
+    "ps": lambda: PSAttention(16, 16, kernel_size=5, num_heads=2),
+    "ps-q-zero": lambda: PSAttention(16, 16, kernel_size=3, num_heads=2, position_terms=("q",), padding="zero"),
+    "ps-reflect": lambda: PSAttention(16, 16, kernel_size=3, num_heads=2, padding="reflect"),
+    "axial-height": lambda: AxialAttention(16, 16, "height", 20, None, 2),
+    "axial-span7": lambda: AxialAttention(16, 16, "width", 20, 7, 2),
+    "axial-kv": lambda: AxialAttention(16, 16, "width", 20, None, 2, position_terms=("k", "v"))}
+
+
+def _foldable(name):
+    """A FOLDABLE layer in float64 whose BatchNorms' statistics and affines are far from the identity."""
     torch.manual_seed(0)
-    layer = make().double()
-    for bn in (layer.bn_qkv, layer.bn_logits, layer.bn_output):  # statistics and affines far from the identity
+    layer = FOLDABLE[name]().double()
+    for bn in (layer.bn_qkv, layer.bn_logits, layer.bn_output):
         bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
         bn.weight.data.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
-    layer.eval()
-    x = torch.randn(2, 16, 20, 20, dtype=torch.float64)
-    q, k, v = layer.project(x)
+    return layer
+
+
+def _attend_args(layer, x):
+    """(q, k, v, footprint, relative embeddings): what ``attend`` and ``fold`` take for ``layer(x)``."""
+    height, width = x.shape[-2:]
     if isinstance(layer, AxialAttention):
-        fp, rel = axial_footprint(20, layer.window(20), layer.axis), layer.relative_table(20)
+        length = height if layer.axis == "height" else width
+        fp, rel = axial_footprint(length, layer.window(length), layer.axis), layer.relative_table(length)
     else:
         fp, rel = layer.footprint, layer.relative_embeddings()
-    torch.testing.assert_close(layer(x), layer.attend(q, k, v, fp, rel), rtol=1e-11, atol=1e-11)
+    return (*layer.project(x), fp, rel)
+
+
+@pytest.mark.parametrize("name", FOLDABLE)
+def test_eval_mode_folds_the_batchnorms_into_one_fused_attention(name):
+    """In eval mode the logit and output BatchNorms fold into k, v and the tables (fold): the layer's output
+    equals the unfolded computation (K-sized logits, BN, softmax, BN) to float64 rounding."""
+    layer = _foldable(name).eval()
+    x = torch.randn(2, 16, 20, 20, dtype=torch.float64)
+    args = _attend_args(layer, x)
+    torch.testing.assert_close(layer(x), layer.attend(*args), rtol=1e-11, atol=1e-11)
     layer.bn_logits.weight.data[0] = 0  # a zero q·k scale cannot be carried by k: the unfolded path runs
-    assert layer.fold_eval(q, k, v, fp, rel) is None
-    layer.train()
-    assert layer.fold_eval(q, k, v, fp, rel) is None
+    assert layer.fold(*args) is None
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("name", FOLDABLE)
+def test_training_mode_folds_batch_statistics_exactly(name, momentum, monkeypatch):
+    """In training the logit BN's batch statistics come from the moments of the logit terms and fold into the
+    fused attention: outputs, the gradients of the input and of every parameter, and the running statistics (also
+    the cumulative ones of momentum=None) equal the unfolded BatchNorms' (the reference ops) to float64 rounding."""
+    monkeypatch.setattr(axial_module, "DENSE_TRAINING_BELOW", 0)  # fold the short global axes of the test too
+    layer = _foldable(name)
+    for bn in (layer.bn_qkv, layer.bn_logits, layer.bn_output):
+        bn.momentum = momentum
+    folded = copy.deepcopy(layer)
+    x = torch.randn(2, 16, 12, 10, dtype=torch.float64, requires_grad=True)
+    for _ in range(2):  # the second step averages the first step's running statistics (momentum=None)
+        reference, fast = reference_and_fast_grads(layer, x, folded)
+        assert len(fast) == 2 + len(list(layer.parameters()))
+        for a, b in zip(reference, fast):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(layer.buffers(), folded.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert int(folded.bn_logits.num_batches_tracked) == 2
+    assert folded.fold(*_attend_args(folded, x)) is not None  # the fast path above was the fold
+    folded.bn_logits.weight.data[0] = 0  # a zero q·k scale: the unfolded path, and no statistics tracked twice
+    assert folded.fold(*_attend_args(folded, x)) is None
+    assert int(folded.bn_logits.num_batches_tracked) == 3

@@ -11,10 +11,13 @@ axial layer (csrhddlam/axial-deeplab ``lib/models/axialnet.py``), which the pape
     in its own BatchNorm (``normalizes_output``: the ResNet block adds none after it).
 Deviation: the logit BatchNorm takes its statistics over the (o, p) pairs the softmax can attend (inside the image
 and the window); in a dense L × L axial layer with a global span those are all pairs, as in the authors' code.
-Computation in eval mode: both BatchNorms are affine per channel, so they fold into the fused attention
-(``fold_eval``): the logit BN's scales into k and the relative tables (its shifts are constant over the window and
-cancel in the softmax), the output BN's into v and r^v, plus its shifts. The same outputs, within float rounding,
-without the K-sized logits.
+Computation (``fold``): the logit BatchNorm is affine per (term, head) and its shift is constant over the window, so
+it folds into the fused attention as scales on k and the relative tables. In eval mode the output BN's folds into v
+and r^v as well. In training the batch statistics of the logit terms come from their sums and sums of squares
+(``ops.moments``: closed forms for the position terms, a reduced and recomputed neighbourhood kernel for q·k), and
+the fused attention returns sum_p w v_p and sum_p w r^v side by side for the output BN. The same outputs,
+gradients and running statistics as the unfolded BatchNorms within float rounding (tests), without the K-sized
+logits; ``impl='reference'`` runs the unfolded computation.
 
 ``PSAttention`` is the 2-D k×k layer of Table 1: SASA's layer (``sasa.py``: dense q, k, v of C_out channels,
 heads, factorised row/column relative embeddings shared by the heads, mask borders, stride by a 2×2 average pool
@@ -28,8 +31,9 @@ from torch import nn
 
 from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import (Footprint, key_position_term, local_aggregate, local_attention, local_logits, local_softmax,
-                            query_position_term)
+                            query_position_term, requested_impl)
 from attnvision.ops.kernels import accumulate_dtype
+from attnvision.ops.moments import logit_moments
 
 from .conv import split_projection
 from .sasa import relative_embedding
@@ -37,6 +41,17 @@ from .sasa import relative_embedding
 __all__ = ["PositionSensitiveAttention", "PSAttention", "POSITION_TERMS"]
 
 POSITION_TERMS = ("q", "k", "v")
+
+
+def _track_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
+    """Update ``bn``'s running statistics with a batch's mean and biased variance over ``count`` entries per
+    channel, as its own training forward does (unbiased variance, ``momentum`` or, when None, a cumulative
+    average)."""
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        factor = 1 / bn.num_batches_tracked.item() if bn.momentum is None else bn.momentum
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+        bn.running_var.lerp_((var * count / (count - 1)).to(bn.running_var.dtype), factor)
 
 
 class PositionSensitiveAttention(nn.Module):
@@ -96,31 +111,58 @@ class PositionSensitiveAttention(nn.Module):
         y = self.bn_output(torch.cat(outputs, 1))  # B, (1 or 2)·C_out, H, W
         return y.view(y.shape[0], len(outputs), -1, *y.shape[-2:]).sum(1)
 
-    def fold_eval(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint,
-                  rel: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
-        """``attend`` with both BatchNorms folded into one fused attention (eval mode: running statistics), or None
-        where they cannot fold: in training, or when a head's q·k scale γ/σ is below 1e-6 (k carries it, and the
-        k·r^k scale is divided by it)."""
-        if self.training or self.bn_logits.running_var is None or self.bn_output.running_var is None:
+    def fold(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint,
+             rel: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """``attend`` as one fused attention with the BatchNorms folded in, or None where they cannot fold.
+
+        The logit BN is affine per (term, head), and its shift is constant over the window, so it reduces to
+        scales carried by k and the relative tables. In eval mode they come from the running statistics and the
+        output BN folds into v and r^v too. With batch statistics (training) the scales come from the sums and
+        squares of ``ops.moments.logit_moments`` (no K-sized logits kept) and are differentiated as the BN's
+        are; the running statistics are updated as ``nn.BatchNorm2d`` does; and the
+        fused attention returns sum_p w v_p and sum_p w r^v side by side (v as [v, 0] and r^v as [0, r^v] per
+        head) for the output BN. None with ``impl='reference'`` (the unfolded path is the oracle) and where a
+        head's q·k scale γ/σ is below 1e-6 (k carries it, and the k·r^k scale is divided by it)."""
+        if requested_impl(self.impl) == "reference":
             return None
-        dtype = accumulate_dtype(q)
-
-        def scale_shift(bn):
-            scale = bn.weight.to(dtype) * (bn.running_var.to(dtype) + bn.eps).rsqrt()
-            return scale, bn.bias.to(dtype) - bn.running_mean.to(dtype) * scale
-
+        bn_logits, bn_output = self.bn_logits, self.bn_output
         g, d = self.num_heads, self.head_dim
-        logit_scale = scale_shift(self.bn_logits)[0].view(-1, g)  # terms, heads: q·k, then q·r^q, k·r^k if enabled
+        dtype = accumulate_dtype(q)
+        batch_logits = self.training or bn_logits.running_var is None
+        if batch_logits:
+            (sums, squares), count = logit_moments(q, k, fp, g, rel, self.impl)  # each terms, heads
+            mean = sums / count
+            var = squares / count - mean.square()
+        else:
+            mean, var = (s.to(dtype).view(-1, g) for s in (bn_logits.running_mean, bn_logits.running_var))
+        logit_scale = bn_logits.weight.to(dtype).view(-1, g) * (var + bn_logits.eps).rsqrt()  # terms, heads
         if logit_scale[0].abs().min() < 1e-6:
             return None
+        if batch_logits and bn_logits.track_running_stats:
+            _track_running_stats(bn_logits, mean.detach().flatten(), var.detach().flatten(), count)
+        logit_shift = (bn_logits.bias.to(dtype).view(-1, g) - mean * logit_scale).sum(0)  # heads
         scales = dict(zip([t for t in self.terms if t != "v"], logit_scale[1:]))
-        out_scale, out_shift = (t.view(-1, g, d) for t in scale_shift(self.bn_output))  # outputs, heads, d
         k = (k.to(dtype).view(k.shape[0], g, -1, *k.shape[-2:]) * logit_scale[0].view(1, g, 1, 1, 1)).flatten(1, 2)
-        v = (v.to(dtype).view(v.shape[0], g, d, *v.shape[-2:]) * out_scale[0].view(1, g, d, 1, 1)).flatten(1, 2)
+        rel_v = rel["v"].to(dtype) if "v" in rel else None
         terms = {"rel_q": rel["q"].to(dtype) * scales["q"].view(g, 1, 1) if "q" in rel else None,
                  "rel_k": rel["k"].to(dtype) * (scales["k"] / logit_scale[0]).view(g, 1, 1) if "k" in rel else None,
-                 "rel_v": rel["v"].to(dtype) * out_scale[1].view(g, d, 1) if "v" in rel else None}
-        y = local_attention(q.to(dtype), k, v, fp, g, impl=self.impl, **terms)  # B, C_out, H, W
+                 "bias": logit_shift.view(1, g, 1, 1, 1)}  # constant over the window: no effect but on its gradient
+        v = v.to(dtype).view(v.shape[0], g, d, *v.shape[-2:])  # B, heads, d, H, W
+        if self.training or bn_output.running_var is None:
+            if rel_v is None:
+                return self.combine_outputs([local_attention(q.to(dtype), k, v.flatten(1, 2), fp, g, **terms,
+                                                             impl=self.impl)])
+            v = torch.cat([v, torch.zeros_like(v)], 2).flatten(1, 2)  # B, heads·2d, H, W: per head [v, 0]
+            rel_v = torch.cat([torch.zeros_like(rel_v), rel_v])  # 2d, K: [0, r^v]
+            y = local_attention(q.to(dtype), k, v, fp, g, **terms, rel_v=rel_v, impl=self.impl)
+            y = y.view(y.shape[0], g, 2, d, *y.shape[-2:])  # B, heads, (sum w v, sum w r^v), d, H, W
+            return self.combine_outputs([y[:, :, i].flatten(1, 2) for i in range(2)])
+        out_scale = bn_output.weight.to(dtype) * (bn_output.running_var.to(dtype) + bn_output.eps).rsqrt()
+        out_shift = bn_output.bias.to(dtype) - bn_output.running_mean.to(dtype) * out_scale
+        out_scale, out_shift = out_scale.view(-1, g, d), out_shift.view(-1, g, d)  # outputs, heads, d
+        v = (v * out_scale[0].view(1, g, d, 1, 1)).flatten(1, 2)
+        rel_v = rel_v * out_scale[1].view(g, d, 1) if rel_v is not None else None
+        y = local_attention(q.to(dtype), k, v, fp, g, **terms, rel_v=rel_v, impl=self.impl)  # B, C_out, H, W
         return y + out_shift.sum(0).view(1, -1, 1, 1)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint,
@@ -169,5 +211,5 @@ class PSAttention(PositionSensitiveAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.project(x)
         rel = self.relative_embeddings()
-        y = self.fold_eval(q, k, v, self.footprint, rel)
+        y = self.fold(q, k, v, self.footprint, rel)
         return self.pool(y if y is not None else self.attend(q, k, v, self.footprint, rel))

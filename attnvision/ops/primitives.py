@@ -28,7 +28,7 @@ from .footprint import Footprint
 
 __all__ = ["IMPLS", "set_default_impl", "requested_impl", "resolve_impl", "local_logits", "local_patches",
            "local_subtraction", "local_aggregate", "local_softmax", "local_attention", "axial_footprint",
-           "mask_outside", "query_position_term", "key_position_term", "axial_lines", "axial_image",
+           "mask_outside", "neighbour_index", "query_position_term", "key_position_term", "axial_lines", "axial_image",
            "dense_axial_logits", "dense_axial_outputs"]
 
 IMPLS = ("auto", "reference", "fast")
@@ -99,12 +99,19 @@ def key_position_term(k: torch.Tensor, rel_k: torch.Tensor, fp: Footprint, num_h
     b, c, height, width = k.shape
     g, d = num_heads, c // num_heads
     ho, wo = fp.out_size(height, width)
-    index = fp.pad(torch.arange(height * width, device=k.device, dtype=k.dtype).view(1, 1, height, width) + 1)
-    kh, kw, s, dil = _geometry(fp)
-    index = reference.unfold_padded(index, kh, kw, s, dil, ho, wo).round().long().view(1, 1, kh * kw, ho * wo)
+    index = neighbour_index(fp, height, width, k.device).view(1, 1, fp.num_offsets, ho * wo)
     proj = torch.einsum("bgdp,gdk->bgkp", k.reshape(b, g, d, height * width), rel_k.expand(g, -1, -1))
-    proj = torch.cat([proj.new_zeros(b, g, kh * kw, 1), proj], -1)  # B, G, K, 1 + H*W; column 0 is "outside"
-    return proj.gather(-1, index.expand(b, g, -1, -1)).view(b, g, kh * kw, ho, wo)
+    proj = torch.cat([proj.new_zeros(b, g, fp.num_offsets, 1), proj], -1)  # B, G, K, 1 + H*W; column 0: outside
+    return proj.gather(-1, index.expand(b, g, -1, -1)).view(b, g, fp.num_offsets, ho, wo)
+
+
+def neighbour_index(fp: Footprint, height: int, width: int, device=None) -> torch.Tensor:
+    """K×Ho×Wo: 1 + the flat index y·W + x of the pixel each window element reads in a height×width input; 0 where
+    it reads a zero outside the image (``zero`` and ``mask`` borders). Reflected borders read their mirror."""
+    index = torch.arange(1, height * width + 1, device=device, dtype=torch.float64).view(1, 1, height, width)
+    kh, kw, s, dil = _geometry(fp)
+    index = reference.unfold_padded(fp.pad(index), kh, kw, s, dil, *fp.out_size(height, width))
+    return index.round().long().view(kh * kw, *index.shape[-2:])
 
 
 def local_logits(q: torch.Tensor, k: torch.Tensor, fp: Footprint, num_heads: int,
