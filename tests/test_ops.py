@@ -205,9 +205,12 @@ def test_impl_selection_and_override(monkeypatch):
         Footprint(3, padding="same")
 
 
-def test_fused_attention_is_used_on_cpu_and_counts_its_flops():
-    b, c, h, w, heads, k = 2, 8, 9, 20, 2, 3
-    fp = Footprint(k)
+@pytest.mark.parametrize("w,padding", [(20, "zero"), (9, "zero"), (9, "mask")])
+def test_fused_attention_is_used_on_cpu_and_counts_its_flops(w, padding):
+    """Charged B·C·K·H·W per term, also for narrow rows whose kernel call also computes junk pixels (and, masked,
+    one more channel)."""
+    b, c, h, heads, k = 2, 8, 9, 2, 3
+    fp = Footprint(k, padding=padding)
     q, x = torch.randn(b, c, h, w), torch.randn(b, c, h, w)
     rel = torch.randn(heads, c // heads, k * k)
     with FlopCounterMode(display=False) as counter:
@@ -223,12 +226,21 @@ WIDE = [(Footprint(3, 1, 1, "mask"), 9, 37), (Footprint(7, 1, 1, "mask"), 12, 35
         (axial_footprint(20, None, "width"), 3, 20), (axial_footprint(17, None, "height"), 17, 18)]
 
 
-@pytest.mark.parametrize("fp,h,w", WIDE, ids=[f"{_ids(fp)}-{h}x{w}" for fp, h, w in WIDE])
+# rows narrower than a block: stride 1 runs as one long row with junk pixels (and the mask as a key channel),
+# strided ones on scalar lanes
+NARROW = [(Footprint(3, 1, 1, "mask"), 9, 7), (Footprint(7, 1, 1, "mask"), 6, 5), (Footprint(4, 1, 1, "mask"), 6, 7),
+          (Footprint(5, 1, 1, "zero"), 7, 9), (Footprint(3, 1, 2, "reflect"), 7, 8),
+          (Footprint((1, 5), 1, 1, "mask"), 5, 9), (Footprint(3, 2, 1, "mask"), 9, 9),
+          (axial_footprint(9, None, "width"), 3, 9), (axial_footprint(9, None, "height"), 9, 6)]
+
+
+@pytest.mark.parametrize("fp,h,w", WIDE + NARROW, ids=[f"{_ids(fp)}-{h}x{w}" for fp, h, w in WIDE + NARROW])
 @pytest.mark.parametrize("terms", ["", "qb", "qkv", "kvb"])
 def test_fused_attention_on_vector_blocks_matches_reference(fp, h, w, terms):
     """Rows of 16 pixels and more take the fused kernel's register-tiled vector path (an overlapped last block,
-    border blocks with their own live offsets, skipped dead offsets of a global axial window); outputs and every
-    gradient equal the reference in float64, for 8-channel heads (full register tiles) and 3-channel ones."""
+    border blocks with their own live offsets, skipped dead offsets of a global axial window), and so do narrower
+    stride-1 rows laid out as one long row; outputs and every gradient equal the reference in float64, for 8-channel
+    heads (full register tiles) and 3-channel ones."""
     for c, heads in ((16, 2), (6, 2)):
         g = torch.Generator().manual_seed(c)
         ho, wo, k = *fp.out_size(h, w), fp.num_offsets

@@ -45,8 +45,8 @@ __all__ = ["AxialAttention", "AxialSpatial", "STRIDE_MODES"]
 
 STRIDE_MODES = ("pool", "axis")
 # A global layer shorter than this trains faster on its dense L × L matmuls than folded (the fold's moments pass
-# and fused kernel pay off on long axes): fwd+bwd on CPU (AMD EPYC, 2 threads), folded / dense: L=56 0.27,
-# L=28 1.0, L=14 2.7, L=8 2.2.
+# and fused kernel pay off on long axes): fwd+bwd on CPU (AMD EPYC, 2 threads), folded / dense: L=56 0.24,
+# L=28 1.0, L=14 1.7, L=8 2.3, L=4 2.6.
 DENSE_TRAINING_BELOW = 32
 
 

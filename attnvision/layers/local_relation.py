@@ -119,8 +119,12 @@ class LocalRelation(nn.Module):
     def aggregate(self, x: torch.Tensor) -> torch.Tensor:
         """B × C × Ho × Wo aggregate sum_p ω(p', p) x(p), before the output 1×1."""
         prior = self.geometry_term()[None, :, :, None, None]  # 1, G, K, 1, 1
-        if self.composability in ("squared_difference", "product"):  # dot-product forms: one fused kernel
-            q, k = self.query(self.footprint.centres(x)), self.key(x)  # B, G, Ho, Wo and B, G, H, W
+        if self.composability in ("squared_difference", "product", "none"):  # dot-product forms: one fused kernel
+            if self.composability == "none":  # the prior alone: zero queries and keys
+                q = x.new_zeros(x.shape[0], self.groups, *self.footprint.out_size(*x.shape[-2:]))
+                k = x.new_zeros(x.shape[0], self.groups, *x.shape[-2:])
+            else:
+                q, k = self.query(self.footprint.centres(x)), self.key(x)  # B, G, Ho, Wo and B, G, H, W
             if self.composability == "squared_difference":
                 # -(q-k)² = 2qk - k² - q², and q² is constant over the window: attention with per-group
                 # queries [2q, -1] and keys [k, k²]

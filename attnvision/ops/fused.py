@@ -5,11 +5,13 @@ per pass (``csrc/attention_cpu.c``).
 prior) or absent: every relative term (SASA's r^q; Axial-DeepLab's r^q, r^k and r^v), any border mode, and global
 axial windows, whose dead offsets the kernel skips. The forward keeps y and one log-sum-exp per pixel; the
 backward recomputes the weights (as FlashAttention does), so no K-sized tensor is stored, and the logits/weights
-tensors are never allocated at all.
+tensors are never allocated at all. Stride-1 rows narrower than the kernel's 16-pixel blocks (the 14 × 14 and 7 × 7
+stages at 224 px, every stage at 32 px) run as one long row of full blocks (``_Rows``) instead of on scalar lanes.
 """
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu
@@ -25,6 +27,67 @@ def _prepared(dtype, *tensors):
     return [None if t is None else t.to(dtype).contiguous() for t in tensors]
 
 
+class _Rows:
+    """The kernel's layout for rows narrower than a block (stride 1, Wo < XB), which would otherwise run on scalar
+    lanes: the Ho output rows as one row of Ho·Wp pixels over the fully padded Hp × Wp image (plus one zero row
+    that the last row's overhang reads), Wp - Wo junk pixels per row, so that every block is full. Neighbour (oy,
+    ox) of flat pixel f is then f + oy·Wp + ox, which the kernel's own addressing gives with no window offset. A
+    mask becomes one more key channel per plane, 0 inside the image and -BIG outside, met by a query channel of
+    ones (and zero rows of r^q and r^k): those logits are -BIG and their weights exactly 0. The backward reads the
+    junk pixels with an infinite log-sum-exp, so their weights, and everything they add, are 0."""
+
+    BIG = 1e30
+
+    def __init__(self, q, kp, geometry):
+        kh, kw, _, dil, self.mask_h, self.mask_w, self.win_top, self.win_left, self.pad_top, self.pad_left = geometry
+        self.n, self.d, self.ho, self.wo = q.shape
+        self.wp = self.wo + (kw - 1) * dil
+        self.pads = (self.win_left, self.wp - self.win_left - self.mask_w, self.win_top,
+                     self.ho + (kh - 1) * dil + 1 - self.win_top - self.mask_h)  # to the full image + one row
+        self.geometry = (kh, kw, 1, dil, 0, 0, 0, 0, 0, 0)
+
+    @staticmethod
+    def fits(q, geometry) -> bool:
+        return geometry[2] == 1 and q.shape[-1] < XB
+
+    def image(self, t):
+        """The mask_h × mask_w image inside a (partly) padded kp or vp."""
+        return t[..., self.pad_top:self.pad_top + self.mask_h, self.pad_left:self.pad_left + self.mask_w]
+
+    def inputs(self, q, kp, vp, terms):
+        if self.mask_h > 0:
+            inside = q.new_zeros((1, 1, self.mask_h, self.mask_w))
+            flag = F.pad(inside, self.pads, value=-self.BIG).expand(self.n, 1, -1, -1)
+            kp = torch.cat([F.pad(self.image(kp), self.pads), flag], 1)  # N, D + 1, Hp + 1, Wp
+            vp = F.pad(self.image(vp), self.pads)
+            q = torch.cat([q, q.new_ones((self.n, 1, self.ho, self.wo))], 1)
+            terms = [None if t is None else F.pad(t, (0, 0, 0, 1)) for t in terms[:2]] + terms[2:]
+        else:
+            kp, vp = (F.pad(t, (0, 0, 0, 1)) for t in (kp, vp))
+        return self.flat(q), kp.contiguous(), vp.contiguous(), [None if t is None else t.contiguous() for t in terms]
+
+    def flat(self, t, value=0.0):
+        """[N, C, Ho, Wo] (or [N, Ho, Wo]) as the one row of Ho·Wp pixels, junk pixels = ``value``."""
+        return F.pad(t, (0, self.wp - self.wo), value=value).reshape(*t.shape[:-2], 1, self.ho * self.wp)
+
+    def unflat(self, t):
+        return t.reshape(*t.shape[:-2], self.ho, self.wp)[..., :self.wo].contiguous()
+
+    def gradients(self, dq, dkp, dvp, dterms, kp, vp):
+        """The gradients in the op's own layout (the image region of kp and vp; the padding's gradient is 0)."""
+        dq = self.unflat(dq)[:, :self.d]
+        if self.mask_h <= 0:
+            return dq, dkp[..., :-1, :], dvp[..., :-1, :], dterms
+        grads = []
+        for full, like in ((dkp[:, :self.d], kp), (dvp, vp)):
+            g = torch.zeros_like(like)
+            self.image(g).copy_(full[..., self.win_top:self.win_top + self.mask_h,
+                                     self.win_left:self.win_left + self.mask_w])
+            grads.append(g)
+        dterms = [None if t is None else t[..., :self.d, :] for t in dterms[:2]] + dterms[2:]
+        return dq, *grads, dterms
+
+
 @torch.library.custom_op("attnvision::nbr_attention", mutates_args=(), device_types="cpu")
 def nbr_attention(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, rel_q: Optional[torch.Tensor],
                   rel_k: Optional[torch.Tensor], rel_v: Optional[torch.Tensor], bias: Optional[torch.Tensor],
@@ -36,12 +99,16 @@ def nbr_attention(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, rel_q: Op
     neighbours outside that mask_h × mask_w image."""
     dtype = accumulate_dtype(q)
     q, kp, vp, *terms = _prepared(dtype, q, kp, vp, rel_q, rel_k, rel_v, bias)
+    geometry = (kh, kw, stride, dilation, mask_h, mask_w, win_top, win_left, pad_top, pad_left)
+    rows = _Rows(q, kp, geometry) if _Rows.fits(q, geometry) else None
+    if rows is not None:
+        q, kp, vp, terms = rows.inputs(q, kp, vp, terms)
+        geometry = rows.geometry
     n, _, ho, wo = q.shape
     y = q.new_empty((n, vp.shape[1], ho, wo))
     lse = q.new_empty((n, ho, wo))
-    cpu.attention_forward(q, kp, vp, terms, y, lse, groups, kh, kw, stride, dilation,
-                          (mask_h, mask_w, win_top, win_left, pad_top, pad_left))
-    return y, lse
+    cpu.attention_forward(q, kp, vp, terms, y, lse, groups, *geometry[:4], geometry[4:])
+    return (rows.unflat(y), rows.unflat(lse)) if rows is not None else (y, lse)
 
 
 @nbr_attention.register_fake
@@ -60,15 +127,23 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, dy, _dlse):
     *inputs, y, lse = ctx.saved_tensors
-    groups, kh, kw, stride, dilation, *mask = ctx.geometry
+    groups, *geometry = ctx.geometry
     dtype = accumulate_dtype(inputs[0])
     q, kp, vp, *terms = _prepared(dtype, *inputs)
+    dy = dy.to(dtype).contiguous()
+    rows = _Rows(q, kp, geometry) if _Rows.fits(q, geometry) else None
+    if rows is not None:
+        q, kp, vp, terms = rows.inputs(q, kp, vp, terms)
+        y, lse, dy, geometry = rows.flat(y), rows.flat(lse, float("inf")), rows.flat(dy), rows.geometry
     dq, dkp, dvp = torch.zeros_like(q), torch.zeros_like(kp), torch.zeros_like(vp)
     threads = torch.get_num_threads()
     dterms = [None if t is None else t.new_zeros((threads, *t.shape)) for t in terms]  # per-thread partial sums
-    cpu.attention_backward(q, kp, vp, terms, y, lse, dy.to(dtype).contiguous(), dq, dkp, dvp, dterms, groups, kh,
-                           kw, stride, dilation, tuple(mask))
-    grads = [dq, dkp, dvp] + [None if g is None else g.sum(0) for g in dterms]
+    cpu.attention_backward(q, kp, vp, terms, y, lse, dy, dq, dkp, dvp, dterms, groups, *geometry[:4],
+                           tuple(geometry[4:]))
+    dterms = [None if g is None else g.sum(0) for g in dterms]
+    if rows is not None:
+        dq, dkp, dvp, dterms = rows.gradients(dq, dkp, dvp, dterms, *_prepared(dtype, *inputs[1:3]))
+    grads = [dq, dkp, dvp] + dterms
     return (*[None if g is None else g.to(t.dtype) for g, t in zip(grads, inputs)], *[None] * 11)
 
 

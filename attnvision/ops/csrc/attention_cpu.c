@@ -17,8 +17,8 @@
  * vectors with register tiles: OT offsets share each loaded query (logits, dp) and CT channels share each loaded
  * weight (aggregation, dq), so every accumulator has its own dependency chain. The last block of a row overlaps
  * the one before it instead of falling back to scalar lanes (the backward zeroes the overlapped lanes' weights).
- * Strided footprints and rows narrower than XB take the scalar path. The code is in attention_impl.h, instantiated
- * for float and double.
+ * Strided footprints take the scalar path; so would stride-1 rows narrower than XB, which fused.py lays out as one
+ * long row instead (its _Rows). The code is in attention_impl.h, instantiated for float and double.
  */
 #include <math.h>
 #include <omp.h>
