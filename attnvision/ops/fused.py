@@ -38,32 +38,36 @@ class _Rows:
 
     BIG = 1e30
 
-    def __init__(self, q, kp, geometry):
-        kh, kw, _, dil, self.mask_h, self.mask_w, self.win_top, self.win_left, self.pad_top, self.pad_left = geometry
+    def __init__(self, q, geometry):
+        kh, kw, _, dil, mask_h, mask_w, win_top, win_left, pad_top, pad_left = geometry
+        self.masked = mask_h > 0
         self.n, self.d, self.ho, self.wo = q.shape
-        self.wp = self.wo + (kw - 1) * dil
-        self.pads = (self.win_left, self.wp - self.win_left - self.mask_w, self.win_top,
-                     self.ho + (kh - 1) * dil + 1 - self.win_top - self.mask_h)  # to the full image + one row
+        self.wp, hp = self.wo + (kw - 1) * dil, self.ho + (kh - 1) * dil
+        if self.masked:  # what kp holds: the image, padded around to the window's reach here
+            self.region = (pad_top, pad_left, mask_h, mask_w)
+            self.pads = (win_left, self.wp - win_left - mask_w, win_top, hp + 1 - win_top - mask_h)
+        else:  # kp holds the padded image: the part the windows read
+            self.region = (pad_top - win_top, pad_left - win_left, hp, self.wp)
+            self.pads = (0, 0, 0, 1)
         self.geometry = (kh, kw, 1, dil, 0, 0, 0, 0, 0, 0)
 
     @staticmethod
     def fits(q, geometry) -> bool:
         return geometry[2] == 1 and q.shape[-1] < XB
 
-    def image(self, t):
-        """The mask_h × mask_w image inside a (partly) padded kp or vp."""
-        return t[..., self.pad_top:self.pad_top + self.mask_h, self.pad_left:self.pad_left + self.mask_w]
+    def part(self, t):
+        """The part of the op's kp or vp that this layout pads: the image (masked), or what the windows read."""
+        top, left, height, width = self.region
+        return t[..., top:top + height, left:left + width]
 
     def inputs(self, q, kp, vp, terms):
-        if self.mask_h > 0:
-            inside = q.new_zeros((1, 1, self.mask_h, self.mask_w))
+        kp, vp = (F.pad(self.part(t), self.pads) for t in (kp, vp))  # N, D, Hp + 1, Wp
+        if self.masked:
+            inside = q.new_zeros((1, 1, *self.region[2:]))
             flag = F.pad(inside, self.pads, value=-self.BIG).expand(self.n, 1, -1, -1)
-            kp = torch.cat([F.pad(self.image(kp), self.pads), flag], 1)  # N, D + 1, Hp + 1, Wp
-            vp = F.pad(self.image(vp), self.pads)
+            kp = torch.cat([kp, flag], 1)  # N, D + 1, Hp + 1, Wp
             q = torch.cat([q, q.new_ones((self.n, 1, self.ho, self.wo))], 1)
             terms = [None if t is None else F.pad(t, (0, 0, 0, 1)) for t in terms[:2]] + terms[2:]
-        else:
-            kp, vp = (F.pad(t, (0, 0, 0, 1)) for t in (kp, vp))
         return self.flat(q), kp.contiguous(), vp.contiguous(), [None if t is None else t.contiguous() for t in terms]
 
     def flat(self, t, value=0.0):
@@ -74,18 +78,16 @@ class _Rows:
         return t.reshape(*t.shape[:-2], self.ho, self.wp)[..., :self.wo].contiguous()
 
     def gradients(self, dq, dkp, dvp, dterms, kp, vp):
-        """The gradients in the op's own layout (the image region of kp and vp; the padding's gradient is 0)."""
-        dq = self.unflat(dq)[:, :self.d]
-        if self.mask_h <= 0:
-            return dq, dkp[..., :-1, :], dvp[..., :-1, :], dterms
+        """The gradients in the op's own layout; what this layout added (padding, the mask channel) has none."""
+        left, right, top, bottom = self.pads
         grads = []
         for full, like in ((dkp[:, :self.d], kp), (dvp, vp)):
             g = torch.zeros_like(like)
-            self.image(g).copy_(full[..., self.win_top:self.win_top + self.mask_h,
-                                     self.win_left:self.win_left + self.mask_w])
+            self.part(g).copy_(full[..., top:full.shape[-2] - bottom, left:full.shape[-1] - right])
             grads.append(g)
-        dterms = [None if t is None else t[..., :self.d, :] for t in dterms[:2]] + dterms[2:]
-        return dq, *grads, dterms
+        if self.masked:
+            dterms = [None if t is None else t[..., :self.d, :] for t in dterms[:2]] + dterms[2:]
+        return self.unflat(dq)[:, :self.d], *grads, dterms
 
 
 @torch.library.custom_op("attnvision::nbr_attention", mutates_args=(), device_types="cpu")
@@ -100,7 +102,7 @@ def nbr_attention(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, rel_q: Op
     dtype = accumulate_dtype(q)
     q, kp, vp, *terms = _prepared(dtype, q, kp, vp, rel_q, rel_k, rel_v, bias)
     geometry = (kh, kw, stride, dilation, mask_h, mask_w, win_top, win_left, pad_top, pad_left)
-    rows = _Rows(q, kp, geometry) if _Rows.fits(q, geometry) else None
+    rows = _Rows(q, geometry) if _Rows.fits(q, geometry) else None
     if rows is not None:
         q, kp, vp, terms = rows.inputs(q, kp, vp, terms)
         geometry = rows.geometry
@@ -131,7 +133,7 @@ def _backward(ctx, dy, _dlse):
     dtype = accumulate_dtype(inputs[0])
     q, kp, vp, *terms = _prepared(dtype, *inputs)
     dy = dy.to(dtype).contiguous()
-    rows = _Rows(q, kp, geometry) if _Rows.fits(q, geometry) else None
+    rows = _Rows(q, geometry) if _Rows.fits(q, geometry) else None
     if rows is not None:
         q, kp, vp, terms = rows.inputs(q, kp, vp, terms)
         y, lse, dy, geometry = rows.flat(y), rows.flat(lse, float("inf")), rows.flat(dy), rows.geometry
