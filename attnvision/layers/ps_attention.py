@@ -128,6 +128,7 @@ class PositionSensitiveAttention(nn.Module):
         bn_logits, bn_output = self.bn_logits, self.bn_output
         g, d = self.num_heads, self.head_dim
         dtype = accumulate_dtype(q)
+        q = q.to(dtype)
         batch_logits = self.training or bn_logits.running_var is None
         if batch_logits:
             (sums, squares), count = logit_moments(q, k, fp, g, rel, self.impl)  # each terms, heads
@@ -150,11 +151,10 @@ class PositionSensitiveAttention(nn.Module):
         v = v.to(dtype).view(v.shape[0], g, d, *v.shape[-2:])  # B, heads, d, H, W
         if self.training or bn_output.running_var is None:
             if rel_v is None:
-                return self.combine_outputs([local_attention(q.to(dtype), k, v.flatten(1, 2), fp, g, **terms,
-                                                             impl=self.impl)])
+                return self.combine_outputs([local_attention(q, k, v.flatten(1, 2), fp, g, **terms, impl=self.impl)])
             v = torch.cat([v, torch.zeros_like(v)], 2).flatten(1, 2)  # B, heads·2d, H, W: per head [v, 0]
             rel_v = torch.cat([torch.zeros_like(rel_v), rel_v])  # 2d, K: [0, r^v]
-            y = local_attention(q.to(dtype), k, v, fp, g, **terms, rel_v=rel_v, impl=self.impl)
+            y = local_attention(q, k, v, fp, g, **terms, rel_v=rel_v, impl=self.impl)
             y = y.view(y.shape[0], g, 2, d, *y.shape[-2:])  # B, heads, (sum w v, sum w r^v), d, H, W
             return self.combine_outputs([y[:, :, i].flatten(1, 2) for i in range(2)])
         out_scale = bn_output.weight.to(dtype) * (bn_output.running_var.to(dtype) + bn_output.eps).rsqrt()
@@ -162,7 +162,7 @@ class PositionSensitiveAttention(nn.Module):
         out_scale, out_shift = out_scale.view(-1, g, d), out_shift.view(-1, g, d)  # outputs, heads, d
         v = (v * out_scale[0].view(1, g, d, 1, 1)).flatten(1, 2)
         rel_v = rel_v * out_scale[1].view(g, d, 1) if rel_v is not None else None
-        y = local_attention(q.to(dtype), k, v, fp, g, **terms, rel_v=rel_v, impl=self.impl)  # B, C_out, H, W
+        y = local_attention(q, k, v, fp, g, **terms, rel_v=rel_v, impl=self.impl)  # B, C_out, H, W
         return y + out_shift.sum(0).view(1, -1, 1, 1)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint,

@@ -134,6 +134,7 @@ def _backward(ctx, dy, _dlse):
     q, kp, vp, *terms = _prepared(dtype, *inputs)
     dy = dy.to(dtype).contiguous()
     rows = _Rows(q, geometry) if _Rows.fits(q, geometry) else None
+    given = kp, vp  # in the op's own layout, which the gradients take
     if rows is not None:
         q, kp, vp, terms = rows.inputs(q, kp, vp, terms)
         y, lse, dy, geometry = rows.flat(y), rows.flat(lse, float("inf")), rows.flat(dy), rows.geometry
@@ -144,7 +145,7 @@ def _backward(ctx, dy, _dlse):
                            tuple(geometry[4:]))
     dterms = [None if g is None else g.sum(0) for g in dterms]
     if rows is not None:
-        dq, dkp, dvp, dterms = rows.gradients(dq, dkp, dvp, dterms, *_prepared(dtype, *inputs[1:3]))
+        dq, dkp, dvp, dterms = rows.gradients(dq, dkp, dvp, dterms, *given)
     grads = [dq, dkp, dvp] + dterms
     return (*[None if g is None else g.to(t.dtype) for g, t in zip(grads, inputs)], *[None] * 11)
 

@@ -16,10 +16,9 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import kernels, reference
 from .footprint import Footprint
 from .kernels import accumulate_dtype
-from .primitives import axial_lines, neighbour_index, resolve_impl
+from .primitives import _kernels, axial_lines, neighbour_index
 
 __all__ = ["logit_moments"]
 
@@ -99,7 +98,7 @@ def logit_moments(q: torch.Tensor, k: torch.Tensor, fp: Footprint, num_heads: in
             kp = fp.pad(k)  # a zero key outside the image (mask) adds nothing to either sum
             moments = _DotMoments.apply(q.reshape(b * num_heads, c // num_heads, height, width),
                                         kp.reshape(b * num_heads, c // num_heads, *kp.shape[-2:]),
-                                        kernels if resolve_impl(impl, q.device) == "fast" else reference,
+                                        _kernels(impl, q.device),
                                         (*fp.kernel_size, fp.stride, fp.dilation))
             sums = [moments.view(2, b, num_heads).sum(1)]
         if "q" in rel:
