@@ -1,4 +1,6 @@
 """SAN (Zhao et al., CVPR 2020): exact counts against the official code, the layers' semantics, fast = reference."""
+import copy
+
 import pytest
 import timm
 import torch
@@ -315,3 +317,61 @@ def test_clique_products_count_zero_in_sans_convention():
     assert len(pixels) == 10 and cliques > 0.38e9
     assert san == 1_914_602_819 and f"{san / 1e9:.1f}" == "1.9"
     assert macs - cliques < san < macs
+
+
+def _saved_numels(fn):
+    """The element counts of the tensors autograd keeps for the backward while ``fn()`` runs."""
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sizes
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("padding,kernel_size,stride,dilation,depth,relation", [
+    ("reflect", 3, 1, 1, 2, "concatenation"), ("zero", 5, 1, 1, 2, "concatenation"),
+    ("mask", 3, 1, 2, 3, "concatenation"), ("reflect", 3, 2, 1, 2, "concatenation"),
+    ("zero", 3, 1, 1, 1, "concatenation"), ("mask", 3, 1, 1, 2, "star")])
+def test_fused_patchwise_gamma_is_the_unfused_computation(training, padding, kernel_size, stride, dilation, depth,
+                                                          relation):
+    """The fast patchwise path runs γ's first BN → ReLU → 1×1 inside the patch gather and its last 1×1 inside the
+    aggregation, with the first BN's batch statistics from window sums: outputs, every gradient and the BatchNorms'
+    running statistics equal the unfused layer's in float64, in training and in eval mode (the eval model has run
+    a training step first, so its running statistics are not the initial ones)."""
+    from conftest import reference_and_fast_grads
+    torch.manual_seed(0)
+    layer = SANPatchwise(32, 16, kernel_size=kernel_size, stride=stride, dilation=dilation, padding=padding,
+                         mapping_depth=depth, relation=relation).double()
+    with torch.no_grad():
+        for bn in (m for m in layer.gamma if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 32, 9, 11, dtype=torch.float64, requires_grad=True)
+    layer(x)  # one training step of the running statistics
+    layer.train(training)
+    fast_layer = copy.deepcopy(layer)
+    reference, fast = reference_and_fast_grads(layer, x, fast_layer)
+    for a, b in zip(reference, fast):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(layer.buffers(), fast_layer.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert fast_layer.gamma[0].num_batches_tracked.item() == 1 + training
+
+
+def test_fused_patchwise_keeps_nothing_k_expanded_for_the_backward():
+    """δ has Cr·(K+1) and α G·K channels per pixel (at k = 7: 3.1 and 6.1 times the layer's 64); the fast path keeps
+    neither for the backward, only tensors of about the input's size (the largest: the values padded by the window's
+    reach, 38² / 32² = 1.41 times)."""
+    torch.manual_seed(0)
+    layer = SANPatchwise(64, 64, kernel_size=7)
+    x = torch.randn(2, 64, 32, 32, requires_grad=True)
+    largest = {}
+    for impl in ("reference", "fast"):
+        layer.impl = impl
+        largest[impl] = max(_saved_numels(lambda: layer(x)))
+    assert largest["reference"] >= 6 * x.numel()
+    assert largest["fast"] <= 1.5 * x.numel()

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from attnvision.errors import ConfigError
+from attnvision.ops.mapped import mapped_macs, patch_macs
 
 __all__ = ["CONVENTIONS", "Complexity", "count_complexity", "count_params", "stage_names"]
 
@@ -57,6 +58,21 @@ def _batch_norm(x, weight, *args, out_val=None, **kwargs) -> int:
     return 2 * (2 if weight is not None else 1) * math.prod(x.shape)
 
 
+@_raw
+def _mapped_agg_with_bias(u, weight, bias, vp, groups, kh, kw, *args, out_val=None, **kwargs) -> int:
+    """SAN's last γ conv fused into the aggregation (``ops.mapped``): the MACs of both, plus the conv's bias adds."""
+    bias_adds = 0 if bias is None else u.shape[0] * bias.numel() * u.shape[-2] * u.shape[-1]
+    return 2 * (mapped_macs(u.shape, weight.shape, vp.shape, kh, kw) + bias_adds)
+
+
+@_raw
+def _patch_map_with_bn_relu(centre, xp, scale, shift, weight, *args, out_val=None, **kwargs) -> int:
+    """SAN's first γ BN → ReLU → 1×1 fused on the concatenated patch (``ops.mapped``): the conv's MACs plus two ops
+    per element of the patch through the BN and one through the ReLU."""
+    elements = centre.shape[0] * weight.shape[1] * centre.shape[-2] * centre.shape[-1]
+    return 2 * (patch_macs(centre.shape, weight.shape) + 3 * elements)
+
+
 # BatchNorm is keyed by overload too: FlopCounterMode decomposes an op whose overload is not a key before it looks
 # up the op's packet, and BatchNorm's decomposition is uncounted elementwise ops.
 SAN_COUNTER = {aten.convolution: _conv_with_bias, aten.native_batch_norm: _batch_norm,
@@ -66,7 +82,11 @@ SAN_COUNTER = {aten.convolution: _conv_with_bias, aten.native_batch_norm: _batch
                aten.relu_: _ops_per_element(1), aten.relu: _ops_per_element(1), aten.sub: _ops_per_element(1),
                aten.max_pool2d_with_indices: _ops_per_element(1, of_input=True),
                aten.avg_pool2d: _ops_per_element(1, of_input=True), aten.mean: _ops_per_element(1, of_input=True),
-               aten.bmm: _unseen, aten.baddbmm: _unseen}
+               aten.bmm: _unseen, aten.baddbmm: _unseen,
+               torch.ops.attnvision.mapped_agg: _mapped_agg_with_bias,
+               torch.ops.attnvision.mapped_agg.default: _mapped_agg_with_bias,
+               torch.ops.attnvision.patch_map: _patch_map_with_bn_relu,
+               torch.ops.attnvision.patch_map.default: _patch_map_with_bn_relu}
 
 
 @dataclass

@@ -35,23 +35,13 @@ from attnvision.ops import (Footprint, key_position_term, local_aggregate, local
 from attnvision.ops.kernels import accumulate_dtype
 from attnvision.ops.moments import logit_moments
 
+from .batch_norm import track_running_stats
 from .conv import split_projection
 from .sasa import relative_embedding
 
 __all__ = ["PositionSensitiveAttention", "PSAttention", "POSITION_TERMS"]
 
 POSITION_TERMS = ("q", "k", "v")
-
-
-def _track_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
-    """Update ``bn``'s running statistics with a batch's mean and biased variance over ``count`` entries per
-    channel, as its own training forward does (unbiased variance, ``momentum`` or, when None, a cumulative
-    average)."""
-    with torch.no_grad():
-        bn.num_batches_tracked.add_(1)
-        factor = 1 / bn.num_batches_tracked.item() if bn.momentum is None else bn.momentum
-        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
-        bn.running_var.lerp_((var * count / (count - 1)).to(bn.running_var.dtype), factor)
 
 
 class PositionSensitiveAttention(nn.Module):
@@ -140,7 +130,7 @@ class PositionSensitiveAttention(nn.Module):
         if logit_scale[0].abs().min() < 1e-6:
             return None
         if batch_logits and bn_logits.track_running_stats:
-            _track_running_stats(bn_logits, mean.detach().flatten(), var.detach().flatten(), count)
+            track_running_stats(bn_logits, mean.detach().flatten(), var.detach().flatten(), count)
         logit_shift = (bn_logits.bias.to(dtype).view(-1, g) - mean * logit_scale).sum(0)  # heads
         scales = dict(zip([t for t in self.terms if t != "v"], logit_scale[1:]))
         k = (k.to(dtype).view(k.shape[0], g, -1, *k.shape[-2:]) * logit_scale[0].view(1, g, 1, 1, 1)).flatten(1, 2)

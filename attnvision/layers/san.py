@@ -47,7 +47,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnvision.errors import ConfigError, check_choice
-from attnvision.ops import Footprint, local_aggregate, local_logits, local_patches, local_softmax, local_subtraction
+from attnvision.ops import (Footprint, local_aggregate, local_logits, local_patches, local_softmax, local_subtraction,
+                            resolve_impl)
+from attnvision.ops.kernels import accumulate_dtype
+from attnvision.ops.mapped import concat_moments, mapped_aggregate, patch_map
+
+from .batch_norm import batch_norm_affine
 
 __all__ = ["SANPairwise", "SANPatchwise", "PAIRWISE_RELATIONS", "PATCHWISE_RELATIONS", "NORMALIZATIONS",
            "POSITION_ENCODINGS", "SHARED_TRANSFORMS"]
@@ -201,18 +206,41 @@ class SANPatchwise(_VectorAttention):
         hidden = [self.rel_planes] * (self.mapping_depth - 2) + [g] * (self.mapping_depth > 1)
         self.gamma = mapping_gamma(delta, hidden, k * g)
 
-    def mapped_relations(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+    def delta(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        """δ(x_R(i)), γ's input: B × δ channels × Ho × Wo."""
         fp = self.relation_footprint
         if self.relation == "clique":
             phi = local_patches(phi, fp, self.impl)  # B, Cr, K, Ho, Wo
             psi = local_patches(psi, fp, self.impl).to(phi.dtype)
-            delta = torch.einsum("bcjhw,bckhw->bjkhw", phi, psi).flatten(1, 2)  # B, K*K, Ho, Wo
-        elif self.relation == "star":
-            delta = local_logits(self.footprint.centres(phi), psi, fp, 1, impl=self.impl).flatten(1, 2)  # B, K, Ho, Wo
-        else:
-            phi = self.footprint.centres(phi)
-            patches = local_patches(psi, fp, self.impl).to(phi.dtype).flatten(1, 2)  # B, Cr*K, Ho, Wo
-            delta = torch.cat([phi, patches], 1)  # B, Cr*(K+1), Ho, Wo
-        weights = self.gamma(delta)  # B, G*K, Ho, Wo
+            return torch.einsum("bcjhw,bckhw->bjkhw", phi, psi).flatten(1, 2)  # B, K*K, Ho, Wo
+        if self.relation == "star":
+            return local_logits(self.footprint.centres(phi), psi, fp, 1, impl=self.impl).flatten(1, 2)  # B, K, Ho, Wo
+        phi = self.footprint.centres(phi)
+        patches = local_patches(psi, fp, self.impl).to(phi.dtype).flatten(1, 2)  # B, Cr*K, Ho, Wo
+        return torch.cat([phi, patches], 1)  # B, Cr*(K+1), Ho, Wo
+
+    def mapped_relations(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        weights = self.gamma(self.delta(phi, psi))  # B, G*K, Ho, Wo
         b, _, ho, wo = weights.shape
         return weights.reshape(b, self.num_weights, self.footprint.num_offsets, ho, wo)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast path without a softmax never stores a K-expanded tensor: γ's last 1×1 map runs inside the
+        aggregation (``ops.mapped.mapped_agg``; masked neighbours are zero values there, as good as zero weights) and,
+        for the concatenation, its first BN → ReLU → 1×1 inside the gather of the patch (``patch_map``)."""
+        if self.normalization != "none" or resolve_impl(self.impl, x.device) != "fast":
+            return super().forward(x)
+        phi, psi, beta = self.project(x)
+        last = self.gamma[-1]
+        return mapped_aggregate(self.hidden(phi, psi), last.weight, last.bias, beta, self.footprint)
+
+    def hidden(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        """γ(δ) up to its last 1×1 map: B × G' × Ho × Wo."""
+        if self.relation != "concatenation" or self.mapping_depth < 2:
+            return self.gamma[:-1](self.delta(phi, psi))
+        fp = self.relation_footprint
+        centre, psi_p = self.footprint.centres(phi), fp.pad(psi)
+        bn, conv = self.gamma[0], self.gamma[2]
+        scale, shift = batch_norm_affine(bn, lambda: concat_moments(centre, psi_p, fp), accumulate_dtype(centre))
+        h = patch_map(centre, psi_p, scale, shift, conv.weight.flatten(1), *fp.kernel_size, fp.stride, fp.dilation)
+        return self.gamma[3:-1](h)

@@ -9,9 +9,11 @@
  *   nbr_agg_t: out[n,d,py,px] = sum_{(o,y,x): nbr(y,x,o) = (py,px)} w[n,o,y,x] * u[n,d,y,x]
  *
  * Each output row is owned by one thread, so nbr_agg_t needs no atomics. For stride 1 the innermost work is on
- * explicit 64-byte vectors along x (GCC vector extensions; unaligned loads of the shifted neighbour rows), with a
- * scalar loop for the row's tail and for strided footprints. The rows a thread touches stay in L1/L2, so nothing
- * k^2-expanded is ever written to memory.
+ * explicit 64-byte vectors along x (GCC vector extensions; unaligned loads of the shifted neighbour rows). In
+ * nbr_dot and nbr_agg a row's last vector overlaps the one before it (the shared lanes are computed twice, alike),
+ * so only rows narrower than a vector and strided footprints take their scalar loop; nbr_agg_t scalar-loops a row's
+ * tail (an overlapping vector there would add into lanes stored just before, which stalls store forwarding). The
+ * rows a thread touches stay in L1/L2.
  */
 #include <stdint.h>
 #include <string.h>
@@ -29,7 +31,7 @@ void nbr_dot_##SUFFIX(const T *restrict q, const T *restrict kp, T *restrict out
                       int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s,           \
                       int64_t dil, int threads) {                                                                  \
     typedef vec_##SUFFIX V;                                                                                        \
-    const int64_t K = kh * kw, VL = VL_##SUFFIX, nvec = s == 1 ? Wo / VL_##SUFFIX * VL_##SUFFIX : 0;               \
+    const int64_t K = kh * kw, VL = VL_##SUFFIX, nvec = s == 1 && Wo >= VL_##SUFFIX ? Wo : 0;                     \
     _Pragma("omp parallel for collapse(2) schedule(static) num_threads(threads)")                                  \
     for (int64_t n = 0; n < N; n++)                                                                                \
         for (int64_t y = 0; y < Ho; y++)                                                                           \
@@ -38,7 +40,8 @@ void nbr_dot_##SUFFIX(const T *restrict q, const T *restrict kp, T *restrict out
                 T *orow = out + ((n * K + o) * Ho + y) * Wo;                                                       \
                 const T *qrow = q + (n * D * Ho + y) * Wo;                                                         \
                 const T *krow = kp + (n * D * Hp + y * s + oy * dil) * Wp + ox * dil;                              \
-                for (int64_t x = 0; x < nvec; x += VL) {                                                           \
+                for (int64_t x0 = 0; x0 < nvec; x0 += VL) {                                                        \
+                    const int64_t x = x0 + VL > Wo ? Wo - VL : x0; /* the last overlaps the one before */          \
                     V acc = {0};                                                                                   \
                     for (int64_t d = 0; d < D; d++)                                                                \
                         acc += *(const V *)(qrow + d * Ho * Wo + x) * *(const V *)(krow + d * Hp * Wp + x);        \
@@ -56,7 +59,7 @@ void nbr_agg_##SUFFIX(const T *restrict w, const T *restrict vp, T *restrict out
                       int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s,           \
                       int64_t dil, int threads) {                                                                  \
     typedef vec_##SUFFIX V;                                                                                        \
-    const int64_t K = kh * kw, VL = VL_##SUFFIX, nvec = s == 1 ? Wo / VL_##SUFFIX * VL_##SUFFIX : 0;               \
+    const int64_t K = kh * kw, VL = VL_##SUFFIX, nvec = s == 1 && Wo >= VL_##SUFFIX ? Wo : 0;                     \
     int64_t shift[K];                                                                                              \
     fill_shifts(shift, kh, kw, dil, Wp);                                                                           \
     _Pragma("omp parallel for collapse(2) schedule(static) num_threads(threads)")                                  \
@@ -66,7 +69,8 @@ void nbr_agg_##SUFFIX(const T *restrict w, const T *restrict vp, T *restrict out
                 T *orow = out + ((n * D + d) * Ho + y) * Wo;                                                       \
                 const T *wrow = w + (n * K * Ho + y) * Wo;                                                         \
                 const T *vrow = vp + ((n * D + d) * Hp + y * s) * Wp;                                              \
-                for (int64_t x = 0; x < nvec; x += VL) {                                                           \
+                for (int64_t x0 = 0; x0 < nvec; x0 += VL) {                                                        \
+                    const int64_t x = x0 + VL > Wo ? Wo - VL : x0; /* the last overlaps the one before */          \
                     V acc = {0};                                                                                   \
                     for (int64_t o = 0; o < K; o++)                                                                \
                         acc += *(const V *)(wrow + o * Ho * Wo + x) *                                              \
