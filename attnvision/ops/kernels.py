@@ -16,6 +16,7 @@ like ``F.unfold``. float16/bfloat16 inputs are computed in float32 and returned 
 so attention logits stay in float32 under autocast.
 """
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu
@@ -38,8 +39,24 @@ def _run(name: str, a: torch.Tensor, b: torch.Tensor, out_shape, kh, kw, stride,
         return getattr(triton_nbr, name)(a, b, kh, kw, stride, dilation)
     n, ho, wo = a.shape[0], a.shape[-2], a.shape[-1]
     d = out_shape[1] if name != "nbr_dot" else a.shape[1]
+    if name != "nbr_agg_t" and stride == 1 and wo < 64 // a.element_size():
+        return _run_flat(name, a, b, out_shape, d, kh, kw, dilation)
     out = torch.empty(out_shape, dtype=dtype, device=a.device)
     return cpu.launch(name, a, b, out, n, d, ho, wo, hp, wp, kh, kw, stride, dilation)
+
+
+def _run_flat(name: str, a: torch.Tensor, b: torch.Tensor, out_shape, d, kh, kw, dilation):
+    """nbr_dot / nbr_agg (stride 1) on rows narrower than the kernels' 64-byte vectors, which would run on scalar
+    lanes: the Ho rows as one row of Ho·Wp pixels, a (the output grid) padded with Wp - Wo junk columns per row and b
+    (the padded image) with one zero row that the last row's junk pixels read. Neighbour (oy, ox) of flat pixel f
+    is then f + oy·dil·Wp + ox·dil, which the kernels' own addressing gives for a one-row output over b's rows."""
+    n, ho, wo = a.shape[0], a.shape[-2], a.shape[-1]
+    hp, wp = b.shape[-2:]
+    a = F.pad(a, (0, wp - wo)).view(n, a.shape[1], 1, ho * wp)
+    b = F.pad(b, (0, 0, 0, 1))
+    out = a.new_empty((n, out_shape[1], 1, ho * wp))
+    cpu.launch(name, a, b, out, n, d, 1, ho * wp, hp + 1, wp, kh, kw, 1, dilation)
+    return out.view(n, out_shape[1], ho, wp)[..., :wo].contiguous()
 
 
 @torch.library.custom_op("attnvision::nbr_dot", mutates_args=())
