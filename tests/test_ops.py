@@ -65,8 +65,9 @@ def test_gradcheck_every_primitive(fp, impl):
 
 
 @pytest.mark.parametrize("fp", FOOTPRINTS, ids=_ids)
-def test_fast_matches_reference_forward_and_backward(fp):
-    t = _inputs(fp, torch.float32, b=2, c=8, h=9, w=11)
+@pytest.mark.parametrize("h,w", [(9, 11), (4, 21)])  # rows narrower than a vector (one long row); a partial vector
+def test_fast_matches_reference_forward_and_backward(fp, h, w):
+    t = _inputs(fp, torch.float32, b=2, c=8, h=h, w=w)
     ref, fast = _primitives(t, fp, "reference"), _primitives(t, fp, "fast")
     for (name, ref_fn, args), (_, fast_fn, _) in zip(ref, fast):
         grads = []
