@@ -87,6 +87,27 @@ def test_kernels_support_double_backward():
     assert torch.autograd.gradgradcheck(lambda a, b: kernels.nbr_dot(a, b, 3, 3, 1, 1), (q, kp))
 
 
+@pytest.mark.parametrize("h,w,kh,kw,stride,dilation", [
+    (9, 21, 3, 3, 1, 1), (6, 37, 5, 3, 1, 2), (4, 4, 7, 7, 1, 1), (8, 8, 3, 5, 1, 1), (1, 1, 1, 1, 1, 1),
+    (7, 19, 3, 3, 2, 1)])  # partial last vector; narrow rows (one long row); a one-pixel image; strided lanes
+@pytest.mark.parametrize("channels", [1, 8])  # nbr_agg_t scatters one channel and gathers eight (nbr_agg_tg)
+def test_kernel_row_layouts_match_reference(h, w, kh, kw, stride, dilation, channels):
+    """The three kernels in every row layout they pick, against the unfold reference in float64."""
+    from attnvision.ops import reference
+    g = torch.Generator().manual_seed(0)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    hp, wp = h + dilation * (kh - 1), w + dilation * (kw - 1)
+    q, u = (torch.randn(3, channels, ho, wo, generator=g, dtype=torch.float64).to(DEVICE) for _ in range(2))
+    kp = torch.randn(3, channels, hp, wp, generator=g, dtype=torch.float64).to(DEVICE)
+    weights = torch.randn(3, kh * kw, ho, wo, generator=g, dtype=torch.float64).to(DEVICE)
+    geometry = (kh, kw, stride, dilation)
+    for fast, ref in ((kernels.nbr_dot(q, kp, *geometry), reference.nbr_dot(q, kp, *geometry)),
+                      (kernels.nbr_agg(weights, kp, *geometry), reference.nbr_agg(weights, kp, *geometry)),
+                      (kernels.nbr_agg_t(weights, u, *geometry, hp, wp),
+                       reference.nbr_agg_t(weights, u, *geometry, hp, wp))):
+        torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2)])
 def test_static_weights_reproduce_depthwise_convolution(impl, stride, dilation):

@@ -23,7 +23,7 @@ __all__ = ["available", "launch", "attention_forward", "attention_backward"]
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = (CSRC / "nbr_cpu.c", CSRC / "attention_cpu.c")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
-KERNELS = ("nbr_dot", "nbr_agg", "nbr_agg_t")
+KERNELS = ("nbr_dot", "nbr_agg", "nbr_agg_t", "nbr_agg_tg")
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 

@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#define TILE 8 /* channels per register tile (nbr_agg_tg) */
+
 /* shift[o]: offset o's neighbour relative to the window's top-left corner, in a padded image Wp pixels wide. */
 static inline void fill_shifts(int64_t *shift, int64_t kh, int64_t kw, int64_t dil, int64_t Wp) {
     for (int64_t o = 0; o < kh * kw; o++) shift[o] = (o / kw) * dil * Wp + (o % kw) * dil;
@@ -111,6 +113,45 @@ void nbr_agg_t_##SUFFIX(const T *restrict w, const T *restrict u, T *restrict ou
                     }                                                                                              \
                 }                                                                                                  \
             }                                                                                                      \
+}                                                                                                                  \
+                                                                                                                   \
+/* nbr_agg_t for stride 1 as a gather: out[n,d,F] = sum_o wf[n,o,F - shift[o]] * uf[n,d,F - shift[o]] over the      \
+ * flat padded image, F = py*Wp + px, with wf [N,K,L] and uf [N,D,L] the output grid laid out flat in Wp-wide rows \
+ * behind ``front`` zeros (junk columns and the rows past Ho zero, L = front + Hp*Wp), so that every read is in   \
+ * bounds and every output vector is written once: no scatter into overlapping vectors, no scalar row tails. TILE  \
+ * channels share each loaded weight vector. */                                                                    \
+void nbr_agg_tg_##SUFFIX(const T *restrict wf, const T *restrict uf, T *restrict out, int64_t N, int64_t D,        \
+                         int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s,        \
+                         int64_t dil, int threads) {                                                               \
+    typedef vec_##SUFFIX V;                                                                                        \
+    const int64_t K = kh * kw, VL = VL_##SUFFIX, P = Hp * Wp, front = (kh - 1) * dil * Wp + (kw - 1) * dil;        \
+    const int64_t L = front + P, nvec = P >= VL ? P : 0;                                                           \
+    int64_t shift[K];                                                                                              \
+    fill_shifts(shift, kh, kw, dil, Wp);                                                                           \
+    _Pragma("omp parallel for collapse(2) schedule(static) num_threads(threads)")                                  \
+    for (int64_t n = 0; n < N; n++)                                                                                \
+        for (int64_t d0 = 0; d0 < D; d0 += TILE) {                                                                 \
+            const int64_t nt = D - d0 < TILE ? D - d0 : TILE;                                                      \
+            const T *wn = wf + n * K * L + front, *un = uf + (n * D + d0) * L + front;                             \
+            T *on = out + (n * D + d0) * P;                                                                        \
+            for (int64_t f0 = 0; f0 < nvec; f0 += VL) {                                                            \
+                const int64_t f = f0 + VL > P ? P - VL : f0; /* the last vector overlaps the one before */         \
+                V acc[TILE] = {{0}};                                                                               \
+                for (int64_t o = 0; o < K; o++) {                                                                  \
+                    const V wv = *(const V *)(wn + o * L + f - shift[o]);                                          \
+                    _Pragma("GCC unroll 8")                                                                        \
+                    for (int64_t t = 0; t < TILE; t++)                                                             \
+                        if (t < nt) acc[t] += wv * *(const V *)(un + t * L + f - shift[o]);                        \
+                }                                                                                                  \
+                for (int64_t t = 0; t < nt; t++) *(V *)(on + t * P + f) = acc[t];                                  \
+            }                                                                                                      \
+            for (int64_t f = nvec; f < P; f++)                                                                     \
+                for (int64_t t = 0; t < nt; t++) {                                                                 \
+                    T acc = 0;                                                                                     \
+                    for (int64_t o = 0; o < K; o++) acc += wn[o * L + f - shift[o]] * un[t * L + f - shift[o]];    \
+                    on[t * P + f] = acc;                                                                           \
+                }                                                                                                  \
+        }                                                                                                          \
 }
 
 DEFINE_KERNELS(float, f32)
