@@ -57,6 +57,10 @@ def test_counts_at_224_equal_the_official_model(name):
     model = timm.create_model(name)
     macs = count_complexity(model, 224)
     ops = count_complexity(model, 224, convention="san")
+    if name == "san10_pairwise":  # the fused γ counts as the modules it fuses
+        fused = timm.create_model(name, fused_gamma=True)
+        assert (count_complexity(fused, 224).macs, count_complexity(fused, 224, convention="san").macs) == \
+            (macs.macs, ops.macs)
     assert macs.params == OFFICIAL_PARAMS[name]
     assert (macs.macs, ops.macs) == COUNTS[name]
     depth, kind = int(name[3:5]), name.split("_")[1]
@@ -91,8 +95,11 @@ def test_zero_init_last_starts_every_block_as_the_identity():
 
 
 # The γ-bias of pairwise adds one constant to all K logits of a weight channel, which the softmax cancels, and
-# the position conv's bias cancels in p_i - p_j: both official parameters get exactly no gradient signal.
+# the position conv's bias cancels in p_i - p_j: both official parameters get exactly no gradient signal. Where δ is
+# additive in φ and ψ (subtraction, summation, concatenation), their biases shift δ's channels by constants, which
+# γ's first BatchNorm (batch statistics, reflected borders) removes: no gradient signal either.
 REDUNDANT = ("attn.gamma.5.bias", "attn.position.bias")
+ADDITIVE = ("subtraction", "summation", "concatenation")
 
 
 @pytest.mark.parametrize("kind,relation", [("pairwise", r) for r in PAIRWISE_RELATIONS] +
@@ -105,7 +112,8 @@ def test_every_relation_trains(kind, relation):
     F.cross_entropy(out, torch.tensor([1, 3])).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        if kind == "pairwise" and name.endswith(REDUNDANT):
+        redundant = REDUNDANT * (kind == "pairwise") + ("attn.phi.bias", "attn.psi.bias") * (relation in ADDITIVE)
+        if name.endswith(redundant):
             assert p.grad.abs().max() < 1e-5 * max(1., p.grad.numel()), name
         else:
             assert p.grad.abs().sum() > 0, name
@@ -332,21 +340,27 @@ def _saved_numels(fn):
     return sizes
 
 
+FUSED = [(SANPatchwise, dict(padding="reflect")), (SANPatchwise, dict(padding="zero", kernel_size=5)),
+         (SANPatchwise, dict(padding="mask", dilation=2, mapping_depth=3)), (SANPatchwise, dict(stride=2)),
+         (SANPatchwise, dict(padding="zero", mapping_depth=1)), (SANPatchwise, dict(padding="mask", relation="star")),
+         (SANPairwise, dict(padding="reflect")), (SANPairwise, dict(padding="zero", stride=2)),
+         (SANPairwise, dict(padding="mask", dilation=2)), (SANPairwise, dict(padding="mask", normalization="none")),
+         (SANPairwise, dict(position_encoding="absolute", kernel_size=5)),
+         (SANPairwise, dict(padding="zero", position_encoding="none", normalization="none"))]
+FUSED = [(a, dict(o, fused_gamma=True) if a is SANPairwise else o) for a, o in FUSED]
+
+
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("padding,kernel_size,stride,dilation,depth,relation", [
-    ("reflect", 3, 1, 1, 2, "concatenation"), ("zero", 5, 1, 1, 2, "concatenation"),
-    ("mask", 3, 1, 2, 3, "concatenation"), ("reflect", 3, 2, 1, 2, "concatenation"),
-    ("zero", 3, 1, 1, 1, "concatenation"), ("mask", 3, 1, 1, 2, "star")])
-def test_fused_patchwise_gamma_is_the_unfused_computation(training, padding, kernel_size, stride, dilation, depth,
-                                                          relation):
-    """The fast patchwise path runs γ's first BN → ReLU → 1×1 inside the patch gather and its last 1×1 inside the
-    aggregation, with the first BN's batch statistics from window sums: outputs, every gradient and the BatchNorms'
-    running statistics equal the unfused layer's in float64, in training and in eval mode (the eval model has run
-    a training step first, so its running statistics are not the initial ones)."""
+@pytest.mark.parametrize("attention,options", FUSED, ids=[f"{a.__name__}-{o}" for a, o in FUSED])
+def test_fused_gamma_is_the_unfused_computation(training, attention, options):
+    """The fast paths run γ fused with the neighbourhood ops (patchwise: its first BN → ReLU → 1×1 inside the patch
+    gather, its last 1×1 inside the aggregation; pairwise subtraction: γ, mask, softmax and aggregation per batch
+    chunk), γ's BatchNorms from statistics that need no K-expanded tensor: outputs, every gradient and the
+    BatchNorms' running statistics equal the unfused layer's in float64, in training and in eval mode (after a
+    training step, so the running statistics are not the initial ones)."""
     from conftest import reference_and_fast_grads
     torch.manual_seed(0)
-    layer = SANPatchwise(32, 16, kernel_size=kernel_size, stride=stride, dilation=dilation, padding=padding,
-                         mapping_depth=depth, relation=relation).double()
+    layer = attention(32, 16, kernel_size=options.pop("kernel_size", 3), **options).double()
     with torch.no_grad():
         for bn in (m for m in layer.gamma if isinstance(m, torch.nn.BatchNorm2d)):
             bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
@@ -356,18 +370,20 @@ def test_fused_patchwise_gamma_is_the_unfused_computation(training, padding, ker
     fast_layer = copy.deepcopy(layer)
     reference, fast = reference_and_fast_grads(layer, x, fast_layer)
     for a, b in zip(reference, fast):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(1., a.abs().max().item()))
     for a, b in zip(layer.buffers(), fast_layer.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     assert fast_layer.gamma[0].num_batches_tracked.item() == 1 + training
 
 
-def test_fused_patchwise_keeps_nothing_k_expanded_for_the_backward():
-    """δ has Cr·(K+1) and α G·K channels per pixel (at k = 7: 3.1 and 6.1 times the layer's 64); the fast path keeps
-    neither for the backward, only tensors of about the input's size (the largest: the values padded by the window's
-    reach, 38² / 32² = 1.41 times)."""
+@pytest.mark.parametrize("attention", [SANPatchwise, SANPairwise])
+def test_fused_gamma_keeps_nothing_k_expanded_for_the_backward(attention):
+    """The unfused layers keep γ's K-expanded tensors (patchwise: δ with Cr·(K+1) channels and α with G·K, 3.1 and
+    6.1 times the layer's 64 at k = 7; pairwise: everything from δ to α, K·(Cr + 2) channels and more); the fused
+    paths keep only tensors of about the input's size (the largest: the values padded by the window's reach,
+    38² / 32² = 1.41 times)."""
     torch.manual_seed(0)
-    layer = SANPatchwise(64, 64, kernel_size=7)
+    layer = attention(64, 64, kernel_size=7, **({"fused_gamma": True} if attention is SANPairwise else {}))
     x = torch.randn(2, 64, 32, 32, requires_grad=True)
     largest = {}
     for impl in ("reference", "fast"):

@@ -80,6 +80,18 @@ def _pointwise_with_bias(x, weight, bias, *args, out_val=None, **kwargs) -> int:
     return 2 * (pointwise_macs(x.shape, weight.shape) + (0 if bias is None else out_val.numel()))
 
 
+@_raw
+def _pair_attention_official(centre, xp, pos, scale1, shift1, w1, scale2, shift2, w2, bias2, vp, *args, out_val=None,
+                             **kwargs) -> int:
+    """SAN's pairwise γ fused with the aggregation (``ops.pairwise``), as the official counter sees the unfused
+    modules, per pair: the subtraction, BN (2) and ReLU (1) on δ and on the hidden layer, both 1×1 maps and the last
+    one's bias, and the aggregation (no softmax)."""
+    b, relation, ho, wo = centre.shape
+    per_pair = relation + 3 * w1.shape[1] + w1.numel() + 3 * w1.shape[0] + w2.numel() + vp.shape[1]
+    per_pair += 0 if bias2 is None else bias2.numel()
+    return 2 * b * ho * wo * (args[2] * args[3]) * per_pair
+
+
 # BatchNorm is keyed by overload too: FlopCounterMode decomposes an op whose overload is not a key before it looks
 # up the op's packet, and BatchNorm's decomposition is uncounted elementwise ops.
 SAN_COUNTER = {aten.convolution: _conv_with_bias, aten.native_batch_norm: _batch_norm,
@@ -95,7 +107,9 @@ SAN_COUNTER = {aten.convolution: _conv_with_bias, aten.native_batch_norm: _batch
                torch.ops.attnvision.patch_map: _patch_map_with_bn_relu,
                torch.ops.attnvision.patch_map.default: _patch_map_with_bn_relu,
                torch.ops.attnvision.pointwise: _pointwise_with_bias,
-               torch.ops.attnvision.pointwise.default: _pointwise_with_bias}
+               torch.ops.attnvision.pointwise.default: _pointwise_with_bias,
+               torch.ops.attnvision.pair_attention: _pair_attention_official,
+               torch.ops.attnvision.pair_attention.default: _pair_attention_official}
 
 
 @dataclass

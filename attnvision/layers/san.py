@@ -51,6 +51,7 @@ from attnvision.ops import (Footprint, local_aggregate, local_logits, local_patc
                             resolve_impl)
 from attnvision.ops.kernels import accumulate_dtype
 from attnvision.ops.mapped import concat_moments, mapped_aggregate, patch_map
+from attnvision.ops.pairwise import pair_attention, pair_moments, subtraction_moments
 from attnvision.ops.pointwise import pointwise
 
 from .batch_norm import batch_norm_affine
@@ -164,10 +165,11 @@ class SANPairwise(_VectorAttention):
     default_normalization = "softmax"
 
     def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 7, num_heads: Optional[int] = None,
-                 position_encoding: str = "relative", **kwargs):
+                 position_encoding: str = "relative", fused_gamma: bool = False, **kwargs):
         super().__init__(dim, dim_out, stride, kernel_size, num_heads, **kwargs)
         check_choice("position_encoding", position_encoding, POSITION_ENCODINGS)
         self.position_encoding = position_encoding
+        self.fused_gamma = fused_gamma
         rel, encoded = self.relation_planes, position_encoding != "none"
         delta = {"concatenation": 2 * rel, "dot": 1}.get(self.relation, rel) + (2 if encoded else 0)
         self.position = nn.Conv2d(2, 2, 1) if encoded else None
@@ -183,6 +185,35 @@ class SANPairwise(_VectorAttention):
         if self.position_encoding == "absolute":
             return local_patches(p, self.relation_footprint, self.impl)
         return local_subtraction(self.footprint.centres(p), p, self.relation_footprint, self.impl)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """With ``fused_gamma`` (fast path, subtraction, γ of depth 2) the layer runs fused (``ops.pairwise``): the
+        relations, γ, the mask, the softmax and the aggregation per batch chunk, recomputed in the backward, γ's
+        BatchNorms as affine maps from statistics that need no K-expanded tensor kept. That keeps about 3× less
+        memory, but recomputes γ three times and in float32, so on CPU a training step is 1.5-2× slower than the
+        unfused one (whose γ runs in bf16 under autocast): hence off by default."""
+        if not self.fused_gamma or self.relation != "subtraction" or self.mapping_depth != 2 or \
+                resolve_impl(self.impl, x.device) != "fast":
+            return super().forward(x)
+        phi, psi, beta = self.project(x)
+        fp, relation_fp = self.footprint, self.relation_footprint
+        centre, psi_p = fp.centres(phi), relation_fp.pad(psi)
+        pos = self._position_encoding(psi)[0] if self.position is not None else None  # 2, K, Ho, Wo
+        bn1, conv1, bn2, conv2 = (self.gamma[i] for i in (0, 2, 3, 5))
+        w1, w2, dtype = conv1.weight.flatten(1), conv2.weight.flatten(1), accumulate_dtype(centre)
+        geometry = (*fp.kernel_size, fp.stride, fp.dilation)
+        scale1, shift1 = batch_norm_affine(bn1, lambda: subtraction_moments(centre, psi_p, pos, relation_fp), dtype)
+
+        def hidden_moments():
+            sums = pair_moments(centre, psi_p, pos, scale1, shift1, w1, *geometry)
+            count = centre.shape[0] * fp.num_offsets * centre.shape[-2] * centre.shape[-1]
+            mean = sums[0] / count
+            return mean, sums[1] / count - mean.square(), count
+
+        scale2, shift2 = batch_norm_affine(bn2, hidden_moments, dtype)
+        mask = fp.valid_mask(*x.shape[-2:], x.device) if fp.padding == "mask" else None
+        return pair_attention(centre, psi_p, pos, scale1, shift1, w1, scale2, shift2, w2, conv2.bias, fp.pad(beta),
+                              mask, self.normalization == "softmax", *geometry)
 
     def mapped_relations(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
         fp = self.relation_footprint

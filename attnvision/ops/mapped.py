@@ -20,19 +20,20 @@ from . import kernels
 from .footprint import Footprint
 from .kernels import accumulate_dtype
 
-__all__ = ["mapped_aggregate", "mapped_agg", "mapped_macs", "patch_map", "patch_macs", "concat_moments"]
+__all__ = ["mapped_aggregate", "mapped_agg", "mapped_macs", "patch_map", "patch_macs", "concat_moments", "interleaved",
+           "deinterleaved", "batch_chunks"]
 
 CHUNK_BYTES = 2 ** 22  # an expanded tensor per chunk: a few MB, which the caches hold between its two uses
 
 
-def _interleaved(t: torch.Tensor, groups: int) -> torch.Tensor:
+def interleaved(t: torch.Tensor, groups: int) -> torch.Tensor:
     """B×C×H×W -> (B·G)×C/G×H×W, group g holding channels g, g + G, g + 2G, ... (SAN's weight sharing)."""
     b, c, h, w = t.shape
     return t.view(b, c // groups, groups, h, w).transpose(1, 2).reshape(b * groups, c // groups, h, w)
 
 
-def _deinterleaved(t: torch.Tensor, batch: int) -> torch.Tensor:
-    """The inverse of ``_interleaved``."""
+def deinterleaved(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """The inverse of ``interleaved``."""
     n, d, h, w = t.shape
     return t.view(batch, n // batch, d, h, w).transpose(1, 2).reshape(batch, -1, h, w)
 
@@ -48,7 +49,7 @@ def _unfold(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.view(t.shape[0], n, -1).transpose(0, 1).contiguous()
 
 
-def _chunks(t: torch.Tensor, channels: int):
+def batch_chunks(t: torch.Tensor, channels: int):
     """Batch slices of t (B × · × Ho × Wo) whose expanded tensor of ``channels`` takes about CHUNK_BYTES."""
     size = max(1, CHUNK_BYTES // (channels * t.shape[-2] * t.shape[-1] * t.element_size()))
     return [slice(start, start + size) for start in range(0, t.shape[0], size)]
@@ -71,9 +72,9 @@ def mapped_agg(u: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     dtype = accumulate_dtype(u)
     u, weight, vp = u.to(dtype), weight.to(dtype), vp.to(dtype)
     bias = None if bias is None else bias.to(dtype)
-    return torch.cat([_deinterleaved(kernels.nbr_agg(_weights(u[s], weight, bias, groups), _interleaved(vp[s], groups),
+    return torch.cat([deinterleaved(kernels.nbr_agg(_weights(u[s], weight, bias, groups), interleaved(vp[s], groups),
                                                      kh, kw, stride, dilation), u[s].shape[0])
-                      for s in _chunks(u, weight.shape[0])])
+                      for s in batch_chunks(u, weight.shape[0])])
 
 
 @mapped_agg.register_fake
@@ -95,12 +96,12 @@ def _backward(ctx, dy):
     bias = None if inputs[2] is None else inputs[2].to(dtype)
     du, dvp, dweight = torch.empty_like(u), torch.empty_like(vp), torch.zeros_like(weight)
     dbias = None if bias is None else torch.zeros_like(bias)
-    for s in _chunks(u, weight.shape[0]):
+    for s in batch_chunks(u, weight.shape[0]):
         n = u[s].shape[0]
-        dy_i = _interleaved(dy[s], groups)
+        dy_i = interleaved(dy[s], groups)
         alpha = _weights(u[s], weight, bias, groups)
-        dvp[s] = _deinterleaved(kernels.nbr_agg_t(alpha, dy_i, *geometry, *vp.shape[-2:]), n)
-        dalpha = _fold(kernels.nbr_dot(dy_i, _interleaved(vp[s], groups), *geometry).view(n, weight.shape[0], -1))
+        dvp[s] = deinterleaved(kernels.nbr_agg_t(alpha, dy_i, *geometry, *vp.shape[-2:]), n)
+        dalpha = _fold(kernels.nbr_dot(dy_i, interleaved(vp[s], groups), *geometry).view(n, weight.shape[0], -1))
         du[s] = _unfold(torch.mm(weight.t(), dalpha), n).view_as(du[s])  # dalpha: G·K, n·P
         dweight.addmm_(dalpha, _fold(u[s]).t())
         if dbias is not None:
@@ -151,7 +152,7 @@ def patch_map(centre: torch.Tensor, xp: torch.Tensor, scale: torch.Tensor, shift
     centre, xp, scale, shift, weight = (t.to(dtype) for t in (centre, xp, scale, shift, weight))
     geometry, (ho, wo) = (kh, kw, stride, dilation), centre.shape[-2:]
     hidden = []
-    for s in _chunks(centre, weight.shape[1]):
+    for s in batch_chunks(centre, weight.shape[1]):
         r = torch.addcmul(shift[:, None], _fold(_concat(centre[s], xp[s], geometry)), scale[:, None]).relu_()
         hidden.append(_unfold(torch.mm(weight, r), centre[s].shape[0]).view(-1, weight.shape[0], ho, wo))
     return torch.cat(hidden)
@@ -177,7 +178,7 @@ def _patch_map_backward(ctx, dh):
     c, (ho, wo) = centre.shape[1], centre.shape[-2:]
     dcentre, dxp = torch.empty_like(centre), torch.empty_like(xp)
     dscale, dshift, dweight = torch.zeros_like(scale), torch.zeros_like(shift), torch.zeros_like(weight)
-    for s in _chunks(centre, weight.shape[1]):
+    for s in batch_chunks(centre, weight.shape[1]):
         n = centre[s].shape[0]
         delta = _fold(_concat(centre[s], xp[s], ctx.geometry))  # Cr·(K+1), n·P
         t = torch.addcmul(shift[:, None], delta, scale[:, None])
