@@ -7,10 +7,10 @@
 Condition: B=8, C=64, 56×56, float32, 8 heads. Each family's spatial layer, projections included, in its reference
 (pad + unfold) and fast (custom kernels) versions: the SASA, PS and SAN layers are attnvision.layers' (sasa: q·k +
 q·r, mask; ps: Axial-DeepLab's k×k position-sensitive layer with its BatchNorms; SAN pairwise: subtraction +
-position, γ MLP, softmax, reflect; patchwise: concatenation, γ MLP, no softmax, reflect), the others are composed
-here from attnvision.ops as the papers build them: lr (-(q-k)² + geometry-prior MLP, masked, contiguous groups, the
-input as values) and axial (height then width, global span whatever k is, q·k + q·r + k·r, values + r, no
-BatchNorms; measured once, repeated per k).
+position, γ MLP, softmax, reflect; san_pairwise_fused: the same with fused_gamma; patchwise: concatenation, γ MLP,
+no softmax, reflect), the others are composed here from attnvision.ops as the papers build them: lr (-(q-k)² +
+geometry-prior MLP, masked, contiguous groups, the input as values) and axial (height then width, global span
+whatever k is, q·k + q·r + k·r, values + r, no BatchNorms; measured once, repeated per k).
 Forward is timed under no_grad, forward+backward with a scalar loss, with torch.utils.benchmark (warm-up, then
 blocked autorange), in ``--rounds`` rounds that each time the conv and then every layer (a slow spell of a shared
 machine hits them alike); the table gives medians over rounds of the times and of the per-round ratios to the conv.
@@ -41,7 +41,7 @@ from attnvision.ops import Footprint, axial_footprint, local_attention
 from attnvision.results.tables import machine, write_table
 
 B, C, H, W, HEADS = 8, 64, 56, 56, 8
-LAYERS = ("conv3x3", "sasa", "ps", "san_pairwise", "san_patchwise", "lr", "axial")
+LAYERS = ("conv3x3", "sasa", "ps", "san_pairwise", "san_pairwise_fused", "san_patchwise", "lr", "axial")
 
 
 class LocalRelation(nn.Module):
@@ -86,6 +86,7 @@ class Axial(nn.Module):
 FAMILIES = {"sasa": lambda k, impl: SASAttention(C, C, kernel_size=k, num_heads=HEADS, impl=impl),
             "ps": lambda k, impl: PSAttention(C, C, kernel_size=k, num_heads=HEADS, impl=impl),
             "san_pairwise": lambda k, impl: SANPairwise(C, C, kernel_size=k, impl=impl),
+            "san_pairwise_fused": lambda k, impl: SANPairwise(C, C, kernel_size=k, impl=impl, fused_gamma=True),
             "san_patchwise": lambda k, impl: SANPatchwise(C, C, kernel_size=k, impl=impl), "lr": LocalRelation,
             "axial": Axial}
 

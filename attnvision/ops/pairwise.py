@@ -12,7 +12,9 @@ recomputed in the backward:
   - ``pair_attention``: h, the logits, the mask and softmax and the aggregation; its backward recomputes the chunk
     and runs the softmax's, the maps', the ReLUs' and the BNs' adjoints down to φ, ψ and the position channels.
 Both BNs enter as their affine maps (``layers.batch_norm``), differentiable through the statistics. The FLOP count
-is γ's two 1×1 maps and the aggregation, as the unfused layer's.
+is γ's two 1×1 maps and the aggregation, as the unfused layer's. It is opt-in (``SANPairwise(fused_gamma=True)``):
+it keeps about 3× less memory, but recomputes γ three times in float32, so on CPU a training step takes 1.5-2× the
+unfused one's (measured on SAN10 at 32 and 224 px).
 """
 from typing import List, Optional
 
@@ -40,9 +42,9 @@ def subtraction_moments(centre: torch.Tensor, xp: torch.Tensor, pos: Optional[to
         return sum(t[..., ox * dil:ox * dil + (wo - 1) * s + 1:s] for ox in range(kw))
 
     count = b * k * ho * wo
-    first = k * centre.sum((0, 2, 3)) - box(xp).sum((0, 2, 3))
-    second = k * centre.square().sum((0, 2, 3)) - 2 * (centre * box(xp)).sum((0, 2, 3)) + box(xp.square()).sum(
-        (0, 2, 3))
+    window = box(xp)
+    first = (k * centre - window).sum((0, 2, 3))
+    second = (k * centre.square() - 2 * centre * window + box(xp.square())).sum((0, 2, 3))
     mean, var = first / count, second / count - (first / count).square()
     if pos is None:
         return mean, var, count
@@ -159,7 +161,7 @@ def _pair_moments_flops(*args, **kwargs) -> int:
 GAMMA = GAMMA1 + ("scale2", "shift2", "w2", "bias2", "vp")
 
 
-def _attend(chunk: _Chunk, inputs, s: slice, mask, softmax: bool, groups: int):
+def _attend(chunk: _Chunk, inputs, mask, softmax: bool, groups: int):
     """The chunk's weights α (n·G × K × Ho × Wo) and the tensors their backward needs."""
     scale2, shift2, w2, bias2 = inputs[6:10]
     n, k, ho, wo = chunk.shape
@@ -184,7 +186,7 @@ def pair_attention(centre: torch.Tensor, xp: torch.Tensor, pos: Optional[torch.T
     geometry, groups = (kh, kw, stride, dilation), w2.shape[0]
     ys = []
     for s in batch_chunks(inputs[0], _chunk_channels(inputs, geometry)):
-        alpha, _ = _attend(_Chunk(inputs, s, geometry), inputs, s, mask, softmax, groups)
+        alpha, _ = _attend(_Chunk(inputs, s, geometry), inputs, mask, softmax, groups)
         ys.append(deinterleaved(kernels.nbr_agg(alpha, interleaved(inputs[10][s], groups), *geometry),
                                 alpha.shape[0] // groups))
     return torch.cat(ys)
@@ -212,7 +214,7 @@ def _attention_backward(ctx, dy):
     for s in batch_chunks(inputs[0], _chunk_channels(inputs, geometry)):
         chunk = _Chunk(inputs, s, geometry)
         n, k, ho, wo = chunk.shape
-        alpha, r2 = _attend(chunk, inputs, s, mask, ctx.softmax, groups)
+        alpha, r2 = _attend(chunk, inputs, mask, ctx.softmax, groups)
         dy_i = interleaved(dy[s], groups)
         grads["vp"][s] = deinterleaved(kernels.nbr_agg_t(alpha, dy_i, *geometry, *vp.shape[-2:]), n)
         dalpha = kernels.nbr_dot(dy_i, interleaved(vp[s], groups), *geometry).view(n, groups, k, ho, wo)
