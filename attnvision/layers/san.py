@@ -32,7 +32,12 @@ Status, against the official code (hszhao/SAN @ d88b022), whose choices are the 
     reproduces the paper's Table 4 parameter counts.
   - Stride (unused by SAN, whose blocks never stride) samples the window centres, and φ(x_i) there.
   - φ, ψ and β keep the code's three 1×1 convs with bias as parameters, but run as one convolution with their
-    weights concatenated (same result, one pass over x).
+    weights concatenated (same result, one pass over x); γ's 1×1 convs run as matrix products (``PointwiseConv``,
+    nn.Conv2d's parameters).
+  - Computation on the fast path: patchwise γ (no softmax) runs fused with the patch gather and the aggregation
+    (``ops.mapped``), pairwise γ optionally (``fused_gamma``, ``ops.pairwise``): batch chunks recomputed in the
+    backward, γ's BatchNorms as affine maps of the batch statistics, nothing K-expanded kept; the same outputs,
+    gradients and running statistics as the unfused layer within float rounding (tests).
 
 Border semantics (``padding``): ``reflect`` (default, the code's pad_mode=1: the image mirrored without repeating
 the edge, as ``F.pad(mode='reflect')``), ``zero`` (out-of-image neighbours are zero features that stay in the
