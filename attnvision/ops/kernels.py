@@ -21,12 +21,33 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu
 
-__all__ = ["nbr_dot", "nbr_agg", "nbr_agg_t", "nbr_gather", "nbr_macs", "accumulate_dtype"]
+__all__ = ["nbr_dot", "nbr_agg", "nbr_agg_t", "nbr_gather", "nbr_macs", "accumulate_dtype", "in_accumulate_dtype",
+           "saving_tensors"]
 
 
 def accumulate_dtype(t: torch.Tensor) -> torch.dtype:
     """float32 for every input dtype (logits and weights stay float32 under autocast); float64 stays float64."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def in_accumulate_dtype(*tensors):
+    """``tensors`` (None stays None) in the accumulate dtype of the first."""
+    dtype = accumulate_dtype(tensors[0])
+    return [None if t is None else t.to(dtype) for t in tensors]
+
+
+def saving_tensors(count: int):
+    """A custom op's ``setup_context`` that saves its first ``count`` inputs for the backward and keeps the rest
+    (its ints and flags) as ``ctx.geometry``."""
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:count])
+        ctx.geometry = inputs[count:]
+    return setup_context
+
+
+# nbr_agg_t's gather form copies w into a padded layout: it pays where several channels share each loaded weight
+# and the copy stays in cache (measured: 2-3× faster at 8 channels and a few MB; 3-14× slower at 1 channel or 25+ MB)
+GATHER_T_BYTES = 2 ** 23
 
 
 def _run(name: str, a: torch.Tensor, b: torch.Tensor, out_shape, kh, kw, stride, dilation, hp, wp):
@@ -45,11 +66,6 @@ def _run(name: str, a: torch.Tensor, b: torch.Tensor, out_shape, kh, kw, stride,
         return _run_flat(name, a, b, out_shape, d, kh, kw, dilation)
     out = torch.empty(out_shape, dtype=dtype, device=a.device)
     return cpu.launch(name, a, b, out, n, d, ho, wo, hp, wp, kh, kw, stride, dilation)
-
-
-# nbr_agg_t's gather form copies w into a padded layout: it pays where several channels share each loaded weight
-# and the copy stays in cache (measured: 2-3× faster at 8 channels and a few MB; 3-14× slower at 1 channel or 25+ MB)
-GATHER_T_BYTES = 2 ** 23
 
 
 def _run_gather_t(w: torch.Tensor, u: torch.Tensor, out_shape, kh, kw, dilation):

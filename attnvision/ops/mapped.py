@@ -18,7 +18,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import kernels
 from .footprint import Footprint
-from .kernels import accumulate_dtype
+from .kernels import accumulate_dtype, in_accumulate_dtype, saving_tensors
 
 __all__ = ["mapped_aggregate", "mapped_agg", "mapped_macs", "patch_map", "patch_macs", "concat_moments", "interleaved",
            "deinterleaved", "batch_chunks"]
@@ -69,9 +69,7 @@ def mapped_agg(u: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
                kh: int, kw: int, stride: int, dilation: int) -> torch.Tensor:
     """y [B,C,Ho,Wo] for u [B,G',Ho,Wo], weight [G·K,G'], bias [G·K] and vp [B,C,Hp,Wp] padded: channel c aggregates
     with weight channel c mod G of α = weight·u + bias."""
-    dtype = accumulate_dtype(u)
-    u, weight, vp = u.to(dtype), weight.to(dtype), vp.to(dtype)
-    bias = None if bias is None else bias.to(dtype)
+    u, weight, bias, vp = in_accumulate_dtype(u, weight, bias, vp)
     return torch.cat([deinterleaved(kernels.nbr_agg(_weights(u[s], weight, bias, groups), interleaved(vp[s], groups),
                                                      kh, kw, stride, dilation), u[s].shape[0])
                       for s in batch_chunks(u, weight.shape[0])])
@@ -82,18 +80,11 @@ def _(u, weight, bias, vp, groups, kh, kw, stride, dilation):
     return u.new_empty((u.shape[0], vp.shape[1], *u.shape[-2:]), dtype=accumulate_dtype(u))
 
 
-def _setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:4])
-    ctx.geometry = inputs[4:]
-
-
 def _backward(ctx, dy):
     """Per chunk: α recomputed, dv = agg_t(α, dy), dα = dot(dy, v), and through the map du, dW, db."""
     inputs = ctx.saved_tensors
     groups, *geometry = ctx.geometry
-    dtype = accumulate_dtype(inputs[0])
-    u, weight, vp, dy = (t.to(dtype) for t in (inputs[0], inputs[1], inputs[3], dy))
-    bias = None if inputs[2] is None else inputs[2].to(dtype)
+    u, weight, bias, vp, dy = in_accumulate_dtype(*inputs, dy)
     du, dvp, dweight = torch.empty_like(u), torch.empty_like(vp), torch.zeros_like(weight)
     dbias = None if bias is None else torch.zeros_like(bias)
     for s in batch_chunks(u, weight.shape[0]):
@@ -110,7 +101,7 @@ def _backward(ctx, dy):
     return (*(None if g is None else g.to(t.dtype) for g, t in zip(grads, inputs)), None, None, None, None, None)
 
 
-mapped_agg.register_autograd(_backward, setup_context=_setup)
+mapped_agg.register_autograd(_backward, setup_context=saving_tensors(4))
 
 
 def mapped_macs(u_shape, weight_shape, vp_shape, kh: int, kw: int) -> int:
@@ -148,8 +139,7 @@ def patch_map(centre: torch.Tensor, xp: torch.Tensor, scale: torch.Tensor, shift
     """h [B,G',Ho,Wo] = weight · relu(scale ⊙ δ + shift) for δ = [centre, the K neighbours of xp] (``_concat``):
     centre [B,Cr,Ho,Wo] at the window centres, xp [B,Cr,Hp,Wp] padded, scale and shift [Cr·(K+1)], weight
     [G',Cr·(K+1)]."""
-    dtype = accumulate_dtype(centre)
-    centre, xp, scale, shift, weight = (t.to(dtype) for t in (centre, xp, scale, shift, weight))
+    centre, xp, scale, shift, weight = in_accumulate_dtype(centre, xp, scale, shift, weight)
     geometry, (ho, wo) = (kh, kw, stride, dilation), centre.shape[-2:]
     hidden = []
     for s in batch_chunks(centre, weight.shape[1]):
@@ -163,18 +153,11 @@ def _(centre, xp, scale, shift, weight, kh, kw, stride, dilation):
     return centre.new_empty((centre.shape[0], weight.shape[0], *centre.shape[-2:]), dtype=accumulate_dtype(centre))
 
 
-def _setup_patch_map(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:5])
-    ctx.geometry = inputs[5:]
-
-
 def _patch_map_backward(ctx, dh):
     """Per chunk: δ and scale ⊙ δ + shift recomputed, then the 1×1 map's, the ReLU's and the affine map's adjoints;
     the neighbours' gradient goes back to xp through nbr_agg_t (the gather's adjoint)."""
     inputs = ctx.saved_tensors
-    dtype = accumulate_dtype(inputs[0])
-    centre, xp, scale, shift, weight = (t.to(dtype) for t in inputs)
-    dh = dh.to(dtype)
+    centre, xp, scale, shift, weight, dh = in_accumulate_dtype(*inputs, dh)
     c, (ho, wo) = centre.shape[1], centre.shape[-2:]
     dcentre, dxp = torch.empty_like(centre), torch.empty_like(xp)
     dscale, dshift, dweight = torch.zeros_like(scale), torch.zeros_like(shift), torch.zeros_like(weight)
@@ -196,7 +179,7 @@ def _patch_map_backward(ctx, dh):
             None)
 
 
-patch_map.register_autograd(_patch_map_backward, setup_context=_setup_patch_map)
+patch_map.register_autograd(_patch_map_backward, setup_context=saving_tensors(5))
 
 
 def patch_macs(centre_shape, weight_shape) -> int:
@@ -217,8 +200,7 @@ def concat_moments(centre: torch.Tensor, xp: torch.Tensor, fp: Footprint):
     differentiable, without δ: a neighbour channel's sums are sums of the batch-summed xp and xp² over the Ho × Wo
     pixels its offset reads, taken as the rows each offset row reads, then the columns. Elementwise work, which FLOP
     counts leave out as they do BatchNorm."""
-    dtype = accumulate_dtype(centre)
-    centre, xp = centre.to(dtype), xp.to(dtype)
+    centre, xp = in_accumulate_dtype(centre, xp)
     (kh, kw), (ho, wo) = fp.kernel_size, centre.shape[-2:]
     count = centre.shape[0] * ho * wo
     sums = torch.stack([xp.sum(0), xp.square().sum(0)])  # 2, Cr, Hp, Wp

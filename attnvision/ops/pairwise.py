@@ -23,7 +23,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import kernels
 from .footprint import Footprint
-from .kernels import accumulate_dtype
+from .kernels import accumulate_dtype, in_accumulate_dtype, saving_tensors
 from .mapped import batch_chunks, deinterleaved, interleaved
 
 __all__ = ["subtraction_moments", "pair_moments", "pair_attention", "pair_macs"]
@@ -32,8 +32,7 @@ __all__ = ["subtraction_moments", "pair_moments", "pair_attention", "pair_macs"]
 def subtraction_moments(centre: torch.Tensor, xp: torch.Tensor, pos: Optional[torch.Tensor], fp: Footprint):
     """(mean, biased variance, count) per channel of δ_ij = [centre_i - xp_j, pos_ij] over every pair, without δ:
     centre B×Cr×Ho×Wo, xp B×Cr×Hp×Wp padded, pos 2×K×Ho×Wo (the same for every image) or None."""
-    dtype = accumulate_dtype(centre)
-    centre, xp = centre.to(dtype), xp.to(dtype)
+    centre, xp, pos = in_accumulate_dtype(centre, xp, pos)
     (b, _, ho, wo), k = centre.shape, fp.num_offsets
     (kh, kw), s, dil = fp.kernel_size, fp.stride, fp.dilation
 
@@ -48,7 +47,7 @@ def subtraction_moments(centre: torch.Tensor, xp: torch.Tensor, pos: Optional[to
     mean, var = first / count, second / count - (first / count).square()
     if pos is None:
         return mean, var, count
-    pos = pos.to(dtype).flatten(1)
+    pos = pos.flatten(1)
     return torch.cat([mean, pos.mean(1)]), torch.cat([var, pos.var(1, unbiased=False)]), count
 
 
@@ -99,11 +98,6 @@ def _chunk_channels(inputs, geometry) -> int:
     return _offsets(geometry) * widths
 
 
-def _prepared(*tensors):
-    dtype = accumulate_dtype(tensors[0])
-    return [None if t is None else t.to(dtype) for t in tensors]
-
-
 def _zero_grads(names, tensors) -> dict:
     return {name: None if t is None else torch.zeros_like(t) for name, t in zip(names, tensors)}
 
@@ -117,7 +111,7 @@ def pair_moments(centre: torch.Tensor, xp: torch.Tensor, pos: Optional[torch.Ten
                  dilation: int) -> torch.Tensor:
     """2 × Ch: the sums and sums of squares over every pair of h = w1 · relu(scale1 ⊙ δ + shift1), δ as in
     ``subtraction_moments`` (w1: Ch × Cδ)."""
-    inputs = _prepared(centre, xp, pos, scale1, shift1, w1)
+    inputs = in_accumulate_dtype(centre, xp, pos, scale1, shift1, w1)
     out = inputs[0].new_zeros((2, w1.shape[0]))
     geometry = (kh, kw, stride, dilation)
     for s in batch_chunks(inputs[0], _chunk_channels(inputs, geometry)):
@@ -132,15 +126,10 @@ def _(centre, xp, pos, scale1, shift1, w1, kh, kw, stride, dilation):
     return centre.new_empty((2, w1.shape[0]), dtype=accumulate_dtype(centre))
 
 
-def _setup_moments(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:6])
-    ctx.geometry = inputs[6:]
-
-
 def _moments_backward(ctx, grad):
     """Per chunk: h recomputed, dh = g_sum + 2·g_squares·h, then γ's first layer's adjoints."""
     saved = ctx.saved_tensors
-    inputs = _prepared(*saved)
+    inputs = in_accumulate_dtype(*saved)
     grads = _zero_grads(GAMMA1, inputs)
     grad = grad.to(inputs[0].dtype)
     for s in batch_chunks(inputs[0], _chunk_channels(inputs, ctx.geometry)):
@@ -150,7 +139,7 @@ def _moments_backward(ctx, grad):
             None, None, None, None)
 
 
-pair_moments.register_autograd(_moments_backward, setup_context=_setup_moments)
+pair_moments.register_autograd(_moments_backward, setup_context=saving_tensors(6))
 
 
 @register_flop_formula(torch.ops.attnvision.pair_moments)
@@ -182,7 +171,7 @@ def pair_attention(centre: torch.Tensor, xp: torch.Tensor, pos: Optional[torch.T
     """y [B,C,Ho,Wo] = sum_j α_ij ⊙ vp_j (channel c with weight channel c mod G), α = softmax_j (or not) of
     w2 · relu(scale2 ⊙ h + shift2) + bias2, h as in ``pair_moments``, -inf (or 0) where ``mask`` (K×Ho×Wo) is
     False; vp [B,C,Hp,Wp] padded."""
-    inputs = _prepared(centre, xp, pos, scale1, shift1, w1, scale2, shift2, w2, bias2, vp)
+    inputs = in_accumulate_dtype(centre, xp, pos, scale1, shift1, w1, scale2, shift2, w2, bias2, vp)
     geometry, groups = (kh, kw, stride, dilation), w2.shape[0]
     ys = []
     for s in batch_chunks(inputs[0], _chunk_channels(inputs, geometry)):
@@ -197,28 +186,23 @@ def _(centre, xp, pos, scale1, shift1, w1, scale2, shift2, w2, bias2, vp, mask, 
     return centre.new_empty((centre.shape[0], vp.shape[1], *centre.shape[-2:]), dtype=accumulate_dtype(centre))
 
 
-def _setup_attention(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:12])
-    ctx.softmax, ctx.geometry = inputs[12], inputs[13:]
-
-
 def _attention_backward(ctx, dy):
     """Per chunk: everything recomputed; dv = agg_t(α, dy) and dα = dot(dy, v), the softmax's adjoint, then γ's
     second and first layers' adjoints."""
     *saved, mask = ctx.saved_tensors
-    inputs = _prepared(*saved)
-    geometry, groups = ctx.geometry, saved[8].shape[0]
+    inputs = in_accumulate_dtype(*saved)
+    (softmax, *geometry), groups = ctx.geometry, saved[8].shape[0]
     grads = _zero_grads(GAMMA, inputs)
     dy = dy.to(inputs[0].dtype)
     vp, scale2, w2 = inputs[10], inputs[6], inputs[8]
     for s in batch_chunks(inputs[0], _chunk_channels(inputs, geometry)):
         chunk = _Chunk(inputs, s, geometry)
         n, k, ho, wo = chunk.shape
-        alpha, r2 = _attend(chunk, inputs, mask, ctx.softmax, groups)
+        alpha, r2 = _attend(chunk, inputs, mask, softmax, groups)
         dy_i = interleaved(dy[s], groups)
         grads["vp"][s] = deinterleaved(kernels.nbr_agg_t(alpha, dy_i, *geometry, *vp.shape[-2:]), n)
         dalpha = kernels.nbr_dot(dy_i, interleaved(vp[s], groups), *geometry).view(n, groups, k, ho, wo)
-        if ctx.softmax:
+        if softmax:
             alpha = alpha.view_as(dalpha)
             dlogits = alpha * (dalpha - (alpha * dalpha).sum(2, keepdim=True))
         else:
@@ -235,7 +219,7 @@ def _attention_backward(ctx, dy):
             None, None, None, None, None, None)
 
 
-pair_attention.register_autograd(_attention_backward, setup_context=_setup_attention)
+pair_attention.register_autograd(_attention_backward, setup_context=saving_tensors(12))
 
 
 def pair_macs(centre_shape, w1_shape, w2_shape, vp_shape, kh: int, kw: int) -> int:
