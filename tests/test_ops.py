@@ -1,4 +1,5 @@
 """The local-aggregation core: gradcheck, fast == reference, FLOP formulas, conv and dense-attention identities."""
+import inspect
 import itertools
 import os
 
@@ -244,25 +245,29 @@ def test_fused_attention_is_used_on_cpu_and_counts_its_flops(w, padding):
 
 WIDE = [(Footprint(3, 1, 1, "mask"), 9, 37), (Footprint(7, 1, 1, "mask"), 12, 35),
         (Footprint(5, 1, 1, "zero"), 7, 16), (Footprint(3, 1, 2, "reflect"), 7, 40),
-        (Footprint(3, 2, 1, "mask"), 9, 37), (Footprint((1, 5), 1, 1, "mask"), 5, 21),
+        (Footprint(3, 2, 1, "mask"), 9, 37), (Footprint(7, 2, 1, "mask"), 11, 40), (Footprint(5, 2, 2, "zero"), 9, 38),
+        (Footprint(3, 3, 1, "reflect"), 7, 50), (Footprint((1, 5), 1, 1, "mask"), 5, 21),
         (axial_footprint(20, None, "width"), 3, 20), (axial_footprint(17, None, "height"), 17, 18)]
 
 
-# rows narrower than a block: stride 1 runs as one long row with junk pixels (and the mask as a key channel),
-# strided ones on scalar lanes
+# rows narrower than a block run as one long row with junk pixels (and the mask as a key channel), strided ones on
+# their phase images
 NARROW = [(Footprint(3, 1, 1, "mask"), 9, 7), (Footprint(7, 1, 1, "mask"), 6, 5), (Footprint(4, 1, 1, "mask"), 6, 7),
           (Footprint(5, 1, 1, "zero"), 7, 9), (Footprint(3, 1, 2, "reflect"), 7, 8),
           (Footprint((1, 5), 1, 1, "mask"), 5, 9), (Footprint(3, 2, 1, "mask"), 9, 9),
+          (Footprint(7, 2, 1, "mask"), 9, 13), (Footprint(4, 2, 1, "mask"), 8, 9), (Footprint(3, 3, 2, "zero"), 10, 11),
+          (Footprint(3, 1, 1, "mask"), 2, 3), (Footprint(3, 2, 1, "zero"), 3, 3),  # under one block: scalar lanes
           (axial_footprint(9, None, "width"), 3, 9), (axial_footprint(9, None, "height"), 9, 6)]
 
 
 @pytest.mark.parametrize("fp,h,w", WIDE + NARROW, ids=[f"{_ids(fp)}-{h}x{w}" for fp, h, w in WIDE + NARROW])
-@pytest.mark.parametrize("terms", ["", "qb", "qkv", "kvb"])
+@pytest.mark.parametrize("terms", ["", "qb", "qkv", "kvb", "qkv-apart"])
 def test_fused_attention_on_vector_blocks_matches_reference(fp, h, w, terms):
     """Rows of 16 pixels and more take the fused kernel's register-tiled vector path (an overlapped last block,
     border blocks with their own live offsets, skipped dead offsets of a global axial window), and so do narrower
-    stride-1 rows laid out as one long row; outputs and every gradient equal the reference in float64, for 8-channel
-    heads (full register tiles) and 3-channel ones."""
+    rows laid out as one long row and strided windows laid out as their phase images; outputs and every gradient
+    equal the reference in float64, for 8-channel heads (full register tiles) and 3-channel ones, also with the
+    sums of v and r^v apart (the reference: per head [v, 0] and [0, r^v])."""
     for c, heads in ((16, 2), (6, 2)):
         g = torch.Generator().manual_seed(c)
         ho, wo, k = *fp.out_size(h, w), fp.num_offsets
@@ -278,12 +283,32 @@ def test_fused_attention_on_vector_blocks_matches_reference(fp, h, w, terms):
         inputs = [q, x, v] + [t for t in extra.values() if t is not None]
         results = []
         for impl in IMPLS:
-            y = local_attention(q, x, v, fp, heads, impl=impl, **extra)
+            y = local_attention(q, x, v, fp, heads, impl=impl, rel_v_apart="apart" in terms, **extra)
             results.append((y, torch.autograd.grad(y, inputs, torch.ones_like(y) + y.detach())))
         (y_ref, grads_ref), (y_fast, grads_fast) = results
         torch.testing.assert_close(y_fast, y_ref, rtol=1e-10, atol=1e-10)
         for g_fast, g_ref in zip(grads_fast, grads_ref):
             torch.testing.assert_close(g_fast, g_ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("stride,w", [(2, 40), (2, 9), (3, 50)])
+def test_fused_attention_runs_strided_windows_at_stride_one(monkeypatch, stride, w):
+    """A strided window reaches the kernel at stride 1 (its phase images), where full rows take the vector blocks:
+    forward and backward see stride 1 and the explicit table of neighbour shifts, one per offset."""
+    from attnvision.ops import cpu
+    calls = []
+    for name in ("attention_forward", "attention_backward"):
+        def spy(*args, _run=getattr(cpu, name)):
+            bound = inspect.signature(_run).bind(*args).arguments
+            calls.append((bound["shifts"], bound["stride"]))
+            return _run(*args)
+        monkeypatch.setattr(cpu, name, spy)
+    fp = Footprint(7, stride, 1, "mask")
+    q = torch.randn(2, 8, *fp.out_size(12, w))
+    x = torch.randn(2, 8, 12, w, requires_grad=True)
+    local_attention(q, x, x, fp, 2, impl="fast").sum().backward()
+    assert len(calls) == 2 and all(stride_ == 1 and shifts.shape == (49,) for shifts, stride_ in calls)
+    assert x.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("axis", ["height", "width"])

@@ -79,7 +79,9 @@ class PositionSensitiveAttention(nn.Module):
         """q, k (B × heads·qk_dim × H × W) and v (B × C_out × H × W), each head's channels contiguous."""
         b, _, height, width = x.shape
         d = self.widths["q"]
-        qkv = self.bn_qkv(split_projection(self.qkv, x)[0])
+        # NCHW before the BN, as the heads' splits below are: a BatchNorm whose input (channels-last, the trainer's)
+        # and gradient (NCHW) differ in memory format ran its backward 8-15× slower on CPU
+        qkv = self.bn_qkv(split_projection(self.qkv, x)[0].contiguous())
         qkv = qkv.view(b, self.num_heads, 2 * d + self.head_dim, height, width)
         return [t.reshape(b, -1, height, width) for t in qkv.split([d, d, self.head_dim], 2)]  # per-head splits
 
@@ -109,10 +111,10 @@ class PositionSensitiveAttention(nn.Module):
         scales carried by k and the relative tables. In eval mode they come from the running statistics and the
         output BN folds into v and r^v too. With batch statistics (training) the scales come from the sums and
         squares of ``ops.moments.logit_moments`` (no K-sized logits kept) and are differentiated as the BN's
-        are; the running statistics are updated as ``nn.BatchNorm2d`` does; and the
-        fused attention returns sum_p w v_p and sum_p w r^v side by side (v as [v, 0] and r^v as [0, r^v] per
-        head) for the output BN. None with ``impl='reference'`` (the unfolded path is the oracle) and where a
-        head's q·k scale γ/σ is below 1e-6 (k carries it, and the k·r^k scale is divided by it)."""
+        are; the running statistics are updated as ``nn.BatchNorm2d`` does; and the fused attention returns sum_p w
+        v_p and sum_p w r^v side by side (``rel_v_apart``) for the output BN. None with ``impl='reference'`` (the
+        unfolded path is the oracle) and where a head's q·k scale γ/σ is below 1e-6 (k carries it, and the k·r^k
+        scale is divided by it)."""
         if requested_impl(self.impl) == "reference":
             return None
         bn_logits, bn_output = self.bn_logits, self.bn_output
@@ -142,9 +144,7 @@ class PositionSensitiveAttention(nn.Module):
         if self.training or bn_output.running_var is None:
             if rel_v is None:
                 return self.combine_outputs([local_attention(q, k, v.flatten(1, 2), fp, g, **terms, impl=self.impl)])
-            v = torch.cat([v, torch.zeros_like(v)], 2).flatten(1, 2)  # B, heads·2d, H, W: per head [v, 0]
-            rel_v = torch.cat([torch.zeros_like(rel_v), rel_v])  # 2d, K: [0, r^v]
-            y = local_attention(q, k, v, fp, g, **terms, rel_v=rel_v, impl=self.impl)
+            y = local_attention(q, k, v.flatten(1, 2), fp, g, **terms, rel_v=rel_v, rel_v_apart=True, impl=self.impl)
             y = y.view(y.shape[0], g, 2, d, *y.shape[-2:])  # B, heads, (sum w v, sum w r^v), d, H, W
             return self.combine_outputs([y[:, :, i].flatten(1, 2) for i in range(2)])
         out_scale = bn_output.weight.to(dtype) * (bn_output.running_var.to(dtype) + bn_output.eps).rsqrt()

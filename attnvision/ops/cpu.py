@@ -63,8 +63,8 @@ def _library():
             fn.argtypes = [ctypes.c_void_p] * 3 + [i64] * 10 + [ctypes.c_int]
             fn.restype = None
     for suffix in SUFFIX.values():
-        getattr(lib, f"nbr_attention_fwd_{suffix}").argtypes = [ctypes.c_void_p] * 9 + [i64] * 18 + [ctypes.c_int]
-        getattr(lib, f"nbr_attention_bwd_{suffix}").argtypes = [ctypes.c_void_p] * 17 + [i64] * 18 + [ctypes.c_int]
+        getattr(lib, f"nbr_attention_fwd_{suffix}").argtypes = [ctypes.c_void_p] * 10 + [i64] * 19 + [ctypes.c_int]
+        getattr(lib, f"nbr_attention_bwd_{suffix}").argtypes = [ctypes.c_void_p] * 18 + [i64] * 19 + [ctypes.c_int]
     return lib
 
 
@@ -85,22 +85,24 @@ def _ptr(t):
     return None if t is None else t.data_ptr()
 
 
-def attention_forward(q, kp, vp, terms, y, lse, groups: int, kh: int, kw: int, stride: int, dilation: int,
-                      mask: tuple) -> None:
+def attention_forward(q, kp, vp, terms, y, lse, shifts, groups: int, kh: int, kw: int, stride: int, dilation: int,
+                      mask: tuple, apart: bool) -> None:
     """Fused local attention forward into ``y`` and ``lse``; ``terms`` = (rel_q, rel_k, rel_v, bias), each a
-    contiguous tensor or None (see ``attention_cpu.c``)."""
+    contiguous tensor or None; ``shifts``: None, or an int64 tensor of each offset's neighbour position relative to
+    the window origin; ``apart``: y holds the sums of v and of rel_v side by side (see ``attention_cpu.c``)."""
     n, d, ho, wo = q.shape
     fn = getattr(_library(), f"nbr_attention_fwd_{SUFFIX[q.dtype]}")
-    fn(q.data_ptr(), kp.data_ptr(), vp.data_ptr(), *map(_ptr, terms), y.data_ptr(), lse.data_ptr(), n, groups, d,
-       vp.shape[1], ho, wo, kp.shape[-2], kp.shape[-1], kh, kw, stride, dilation, *mask, torch.get_num_threads())
+    fn(q.data_ptr(), kp.data_ptr(), vp.data_ptr(), *map(_ptr, terms), y.data_ptr(), lse.data_ptr(), _ptr(shifts),
+       n, groups, d, vp.shape[1], ho, wo, kp.shape[-2], kp.shape[-1], kh, kw, stride, dilation, *mask, int(apart),
+       torch.get_num_threads())
 
 
-def attention_backward(q, kp, vp, terms, y, lse, dy, dq, dkp, dvp, dterms, groups: int, kh: int, kw: int,
-                       stride: int, dilation: int, mask: tuple) -> None:
+def attention_backward(q, kp, vp, terms, y, lse, dy, dq, dkp, dvp, dterms, shifts, groups: int, kh: int, kw: int,
+                       stride: int, dilation: int, mask: tuple, apart: bool) -> None:
     """Fused local attention backward, accumulating into zeroed dq, dkp, dvp and the per-thread partial sums
     ``dterms`` (one [threads, *term.shape] tensor or None per term)."""
     n, d, ho, wo = q.shape
     fn = getattr(_library(), f"nbr_attention_bwd_{SUFFIX[q.dtype]}")
     fn(q.data_ptr(), kp.data_ptr(), vp.data_ptr(), *map(_ptr, terms), y.data_ptr(), lse.data_ptr(), dy.data_ptr(),
-       dq.data_ptr(), dkp.data_ptr(), dvp.data_ptr(), *map(_ptr, dterms), n, groups, d, vp.shape[1], ho, wo,
-       kp.shape[-2], kp.shape[-1], kh, kw, stride, dilation, *mask, torch.get_num_threads())
+       dq.data_ptr(), dkp.data_ptr(), dvp.data_ptr(), *map(_ptr, dterms), _ptr(shifts), n, groups, d, vp.shape[1],
+       ho, wo, kp.shape[-2], kp.shape[-1], kh, kw, stride, dilation, *mask, int(apart), torch.get_num_threads())

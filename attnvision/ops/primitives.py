@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cpu, kernels, reference
-from .fused import XB, nbr_attention
+from .fused import XB, nbr_attention, runs_on_phases
 from .kernels import accumulate_dtype
 from .footprint import Footprint
 
@@ -248,9 +248,10 @@ def dense_axial_outputs(weights: torch.Tensor, v: torch.Tensor,
 
 
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint, num_heads: int,
-                    rel_q=None, rel_k=None, rel_v=None, bias: Optional[torch.Tensor] = None,
+                    rel_q=None, rel_k=None, rel_v=None, bias: Optional[torch.Tensor] = None, rel_v_apart: bool = False,
                     impl: Optional[str] = None) -> torch.Tensor:
-    """Multi-head local attention softmax_j(q_i·k_j + rel terms + bias) (v_j + rel_v[j-i]), B×Cv×Ho×Wo.
+    """Multi-head local attention softmax_j(q_i·k_j + rel terms + bias) (v_j + rel_v[j-i]), B×Cv×Ho×Wo, or with
+    ``rel_v_apart`` (and rel_v) B×2·Cv×Ho×Wo, per head the sums of v_j and of rel_v[j-i] side by side.
 
     ``bias`` broadcasts against the B×heads×K×Ho×Wo logits (LR-Net's geometry prior is heads×K×1×1). The fast
     path, when the bias is per head and offset (or absent), is one fused kernel on CPU (``fused.py``) and, on
@@ -258,14 +259,20 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footp
     """
     head_bias = None if bias is None else _per_head_bias(bias, num_heads, fp.num_offsets)
     fast = resolve_impl(impl, q.device) == "fast" and (bias is None or head_bias is not None)
+    if rel_v_apart and rel_v is not None and not (fast and q.device.type == "cpu"):  # per head [v, 0] and [0, r^v]
+        b, _, height, width = v.shape
+        v = v.view(b, num_heads, -1, height, width)
+        v = torch.cat([v, torch.zeros_like(v)], 2).flatten(1, 2)  # B, heads·2Dv, H, W
+        rel_v = torch.cat([torch.zeros_like(rel_v), rel_v], -2)  # (heads,) 2Dv, K
     if fast and q.device.type == "cpu":
         b, c, ho, wo = q.shape
         height, width = k.shape[-2:]
         left, right, top, _ = fp.pads()
-        if fp.padding == "mask":  # only a block's lanes overhang the image, never a dead row: pad what they reach
-            reach = XB * fp.stride
-            kp, vp = (F.pad(t, (min(left, reach), min(right, reach))) for t in (k, v))
-            geometry = (height, width, top, left, 0, min(left, reach))
+        if fp.padding == "mask" and runs_on_phases(fp.stride, wo):  # the op lays the image out itself
+            kp, vp, geometry = k, v, (height, width, top, left, 0, 0)
+        elif fp.padding == "mask":  # only a block's lanes overhang the image, never a dead row: pad what they reach
+            kp, vp = (F.pad(t, (min(left, XB), min(right, XB))) for t in (k, v))
+            geometry = (height, width, top, left, 0, min(left, XB))
         else:
             kp, vp = fp.pad(k), fp.pad(v)
             geometry = (0, 0, top, left, top, left)
@@ -273,8 +280,8 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footp
         y, _ = nbr_attention(q.reshape(b * num_heads, c // num_heads, ho, wo),
                              kp.reshape(b * num_heads, c // num_heads, *kp.shape[-2:]),
                              vp.reshape(b * num_heads, v.shape[1] // num_heads, *vp.shape[-2:]), *terms, head_bias,
-                             num_heads, *_geometry(fp), *geometry)
-        return y.view(b, v.shape[1], ho, wo)
+                             num_heads, *_geometry(fp), *geometry, rel_v_apart)
+        return y.view(b, -1, ho, wo)
     axis = fp.global_axis(*k.shape[-2:])
     if fast and axis is not None:
         dtype = accumulate_dtype(q)

@@ -3,6 +3,9 @@
  *   y[c] = sum_o p_o (v[c, nbr(o)] + rv[c, o]),
  *   p = softmax_o(q·(k[nbr(o)] + rq[:, o]) + k[nbr(o)]·rk[:, o] + bias[o])
  *
+ * or, with ``apart``, y[c] = sum_o p_o v[c, nbr(o)] and y[Dv + c] = sum_o p_o rv[c, o] side by side (Axial-DeepLab
+ * batch-normalises the two separately in training).
+ *
  * per output pixel, over the live offsets o of a kh x kw footprint (see nbr_cpu.c for the layout and nbr()). q
  * [N,D,Ho,Wo], kp [N,D,Hp,Wp], vp [N,Dv,Hp,Wp]; rq, rk [G,D,K], rv [G,Dv,K] and bias [G,K] may be NULL; plane n
  * belongs to group n % G. The window of output pixel (y, x) starts at image pixel (y*s - win_top, x*s - win_left);
@@ -17,8 +20,10 @@
  * vectors with register tiles: OT offsets share each loaded query (logits, dp) and CT channels share each loaded
  * weight (aggregation, dq), so every accumulator has its own dependency chain. The last block of a row overlaps
  * the one before it instead of falling back to scalar lanes (the backward zeroes the overlapped lanes' weights).
- * Strided footprints take the scalar path; so would stride-1 rows narrower than XB, which fused.py lays out as one
- * long row instead (its _Rows). The code is in attention_impl.h, instantiated for float and double.
+ * Strided footprints and rows narrower than XB would take the scalar path; fused.py lays them out at stride 1
+ * instead (its _Phases: the strided image as its stride x stride phase images, whose neighbours sit at the shifts
+ * of an explicit table, and narrow rows as one long row). The code is in attention_impl.h, instantiated for float
+ * and double.
  */
 #include <math.h>
 #include <omp.h>
@@ -35,6 +40,7 @@
 
 typedef struct {
     int64_t N, G, D, Dv, Ho, Wo, Hp, Wp, kh, kw, K, s, dil, mask_h, mask_w, win_top, win_left, pad_top, pad_left;
+    int64_t apart; /* 1: y holds sum_o p_o v[c, nbr(o)] and sum_o p_o rv[c, o] as 2 Dv channels, not their sum */
 } geom;
 
 /* Where the window of output pixel (y, x0) starts in kp / vp: image row y*s - win_top, column x0*s - win_left,
@@ -77,10 +83,12 @@ static int64_t live_offsets(const geom *g, int64_t y, int64_t x0, int64_t nx, co
     return nl;
 }
 
-static void all_offsets(const geom *g, offsets *all) {
+/* Every offset; its neighbour's position is shifts[o] from the window origin when the caller gives a table (a layout
+ * of its own, such as fused.py's phase images of a strided window), else the footprint's (oy·Wp + ox)·dil. */
+static void all_offsets(const geom *g, offsets *all, const int64_t *shifts) {
     for (int64_t o = 0; o < g->K; o++) {
         all->live[o] = o;
-        all->shift[o] = (o / g->kw) * g->dil * g->Wp + (o % g->kw) * g->dil;
+        all->shift[o] = shifts ? shifts[o] : (o / g->kw) * g->dil * g->Wp + (o % g->kw) * g->dil;
         all->edge[o] = 0;
     }
 }

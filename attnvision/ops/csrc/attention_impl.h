@@ -8,6 +8,7 @@ typedef __typeof__((V){0} < (V){0}) IV;
 typedef struct {
     const T *q, *kp, *vp, *rq, *rk, *rv, *bias; /* inputs; the four terms per group, or NULL */
     T *y, *lse;                                 /* forward outputs, read again by the backward */
+    const int64_t *shifts;                      /* the offsets' neighbour shifts, or NULL (all_offsets) */
     const T *dy;                                /* backward: the output's gradient, */
     T *dq, *dkp, *dvp;                          /* the inputs' gradients (zeroed, accumulated into), */
     T *drq, *drk, *drv, *dbias;                 /* the terms' per-thread partial sums [threads][G][...] */
@@ -112,6 +113,37 @@ static void FN(aggregate)(T *out, int64_t os, const V *inv, const T *w, const T 
     }
 }
 
+/* out_c = inv * sum_j w_j rb[c, j] for the C channels: a term's sums apart from the values' (y's r^v half). */
+static void FN(aggregate_term)(T *out, int64_t os, const V *inv, const T *w, const T *rb, int64_t rbs, int64_t nl,
+                               int64_t C) {
+    for (int64_t c0 = 0; c0 < C; c0 += CT) {
+        const int64_t nt = C - c0 < CT ? C - c0 : CT;
+        V acc[CT] = {{0}};
+        for (int64_t j = 0; j < nl; j++) {
+            const V wv = *(const V *)(w + j * XB);
+#pragma GCC unroll 8
+            for (int64_t t = 0; t < CT; t++)
+                if (t < nt) acc[t] += wv * rb[(c0 + t) * rbs + j];
+        }
+        for (int64_t t = 0; t < nt; t++) *(V *)(out + (c0 + t) * os) = acc[t] * *inv;
+    }
+}
+
+/* l_j += sum_c a_c rb[c, j] for the nl offsets (a's channels as apart): the backward's dp of a term apart. */
+static void FN(dots_term)(T *l, const T *a, int64_t as, const T *rb, int64_t rbs, int64_t nl, int64_t C) {
+    for (int64_t j0 = 0; j0 < nl; j0 += OT) {
+        const int64_t nt = nl - j0 < OT ? nl - j0 : OT;
+        V acc[OT] = {{0}};
+        for (int64_t c = 0; c < C; c++) {
+            const V av = *(const V *)(a + c * as);
+#pragma GCC unroll 8
+            for (int64_t t = 0; t < OT; t++)
+                if (t < nt) acc[t] += av * rb[c * rbs + j0 + t];
+        }
+        for (int64_t t = 0; t < nt; t++) *(V *)(l + (j0 + t) * XB) += acc[t];
+    }
+}
+
 /* term[c, live[j]] for the current block's nl live offsets, as a C x nl array whose channel stride goes to *cs: the
  * term itself when the block takes every offset, else a gathered copy in buf (NULL for an absent term). */
 static const T *FN(live_term)(const T *term, int64_t C, int64_t K, const FN(scratch) *w, int64_t nl, T *buf,
@@ -171,8 +203,10 @@ static void FN(forward_block)(const FN(args) *a, FN(scratch) *w, int64_t n, int6
     }
     *(V *)(a->lse + n * qs + pix) = m + FN(log_block)(sum);
     const V inv = 1 / sum;
-    FN(aggregate)(a->y + n * g->Dv * qs + pix, qs, &inv, l, a->vp + n * g->Dv * ks + nbr, rv_l, vcs, w->cur.shift, nl,
-                  g->Dv, ks);
+    T *yb = a->y + (n * g->Dv << g->apart) * qs + pix;
+    FN(aggregate)(yb, qs, &inv, l, a->vp + n * g->Dv * ks + nbr, g->apart ? 0 : rv_l, vcs, w->cur.shift, nl, g->Dv,
+                  ks);
+    if (g->apart) FN(aggregate_term)(yb + g->Dv * qs, qs, &inv, l, rv_l, vcs, nl, g->Dv);
 }
 
 /* The same for nx <= XB pixels of any stride, one lane at a time. */
@@ -201,11 +235,13 @@ static void FN(forward_lanes)(const FN(args) *a, FN(scratch) *w, int64_t n, int6
     for (int64_t j = 0; j < nl; j++)
         for (int64_t i = 0; i < nx; i++) sum[i] += (l[j * XB + i] = EXP(l[j * XB + i] - m[i]));
     for (int64_t i = 0; i < nx; i++) a->lse[n * qs + y * g->Wo + x0 + i] = m[i] + LOG(sum[i]);
-    for (int64_t c = 0; c < g->Dv; c++) {
-        T *yc = a->y + n * g->Dv * qs + c * qs + y * g->Wo + x0, acc[XB] = {0};
+    for (int64_t c = 0; c < g->Dv << g->apart; c++) { /* with apart, channels Dv.. sum r^v alone */
+        const int64_t cv = c % g->Dv, is_v = c < g->Dv, with_rv = rv && (g->apart ? !is_v : 1);
+        T *yc = a->y + ((n * g->Dv << g->apart) + c) * qs + y * g->Wo + x0, acc[XB] = {0};
         for (int64_t j = 0; j < nl; j++) {
-            const T r_v = rv ? rv[c * K + w->cur.live[j]] : 0, *vc = vb + c * ks + w->cur.shift[j], *p = l + j * XB;
-            for (int64_t i = 0; i < nx; i++) acc[i] += p[i] * (vc[i * s] + r_v);
+            const T r_v = with_rv ? rv[cv * K + w->cur.live[j]] : 0, *vc = vb + cv * ks + w->cur.shift[j];
+            const T *p = l + j * XB;
+            for (int64_t i = 0; i < nx; i++) acc[i] += p[i] * ((is_v ? vc[i * s] : 0) + r_v);
         }
         for (int64_t i = 0; i < nx; i++) yc[i] = acc[i] / sum[i];
     }
@@ -217,7 +253,8 @@ static void FN(backward_block)(const FN(args) *a, FN(scratch) *w, int64_t n, int
     GROUP_TERMS(a, n);
     const int64_t qs = g->Ho * g->Wo, ks = g->Hp * g->Wp, nl = live_offsets(g, y, x0, XB, &w->all, &w->own, &w->cur);
     const int64_t pix = n * g->D * qs + y * g->Wo + x0, nbr = n * g->D * ks + window_origin(g, y, x0);
-    const int64_t vpix = n * g->Dv * qs + y * g->Wo + x0, vnbr = n * g->Dv * ks + window_origin(g, y, x0);
+    const int64_t vpix = (n * g->Dv << g->apart) * qs + y * g->Wo + x0; /* y and dy: Dv channels, 2 Dv apart */
+    const int64_t vnbr = n * g->Dv * ks + window_origin(g, y, x0);
     T *l = w->l, *ds = w->ds;
     LIVE_TERMS(a, w, nl);
     FN(dots)(l, a->q + pix, a->kp + nbr, rq_l, qcs, rk_l, kcs, bias_l, w->cur.shift, nl, g->D, qs, ks);
@@ -229,9 +266,12 @@ static void FN(backward_block)(const FN(args) *a, FN(scratch) *w, int64_t n, int
         for (int64_t i = 0; i < skip; i++) l[j * XB + i] = 0;
     }
     V delta = {0};
-    for (int64_t c = 0; c < g->Dv; c++)
+    for (int64_t c = 0; c < g->Dv << g->apart; c++)
         delta += *(const V *)(a->dy + vpix + c * qs) * *(const V *)(a->y + vpix + c * qs);
-    FN(dots)(ds, a->dy + vpix, a->vp + vnbr, rv_l, vcs, 0, 0, 0, w->cur.shift, nl, g->Dv, qs, ks); /* dp */
+    const T *rv_dp = g->apart ? 0 : rv_l; /* dp = dy·(v + r^v), or dy·v + dy'·r^v apart */
+    FN(dots)(ds, a->dy + vpix, a->vp + vnbr, rv_dp, vcs, 0, 0, 0, w->cur.shift, nl, g->Dv, qs, ks);
+    const T *dy_rv = a->dy + vpix + (g->apart ? g->Dv * qs : 0); /* the gradient that r^v's sums get */
+    if (g->apart) FN(dots_term)(ds, dy_rv, qs, rv_l, vcs, nl, g->Dv);
     for (int64_t j = 0; j < nl; j++) {
         const int64_t o = w->cur.live[j], sh = w->cur.shift[j];
         const V p = *(const V *)(l + j * XB), dsj = p * (*(const V *)(ds + j * XB) - delta);
@@ -240,7 +280,7 @@ static void FN(backward_block)(const FN(args) *a, FN(scratch) *w, int64_t n, int
         for (int64_t c = 0; c < g->Dv; c++) {
             const V pdy = p * *(const V *)(a->dy + vpix + c * qs);
             *(V *)(a->dvp + vnbr + c * ks + sh) += pdy;
-            if (w->grv) w->grv[c * K + o] += pdy;
+            if (w->grv) w->grv[c * K + o] += g->apart ? p * *(const V *)(dy_rv + c * qs) : pdy;
         }
         for (int64_t c = 0; c < g->D; c++) {
             const V qc = *(const V *)(a->q + pix + c * qs);
@@ -259,7 +299,9 @@ static void FN(backward_lanes)(const FN(args) *a, FN(scratch) *w, int64_t n, int
     const int64_t s = g->s, qs = g->Ho * g->Wo, ks = g->Hp * g->Wp;
     const int64_t nl = live_offsets(g, y, x0, nx, &w->all, &w->own, &w->cur);
     const int64_t pix = n * g->D * qs + y * g->Wo + x0, nbr = n * g->D * ks + window_origin(g, y, x0);
-    const int64_t vpix = n * g->Dv * qs + y * g->Wo + x0, vnbr = n * g->Dv * ks + window_origin(g, y, x0);
+    const int64_t vpix = (n * g->Dv << g->apart) * qs + y * g->Wo + x0; /* y and dy: Dv channels, 2 Dv apart */
+    const int64_t vnbr = n * g->Dv * ks + window_origin(g, y, x0);
+    const int64_t rvpix = vpix + (g->apart ? g->Dv * qs : 0); /* the gradient that r^v's sums get */
     T *l = w->l, delta[XB] = {0}, dp[XB];
     for (int64_t j = 0; j < nl; j++) {
         const int64_t o = w->cur.live[j];
@@ -272,7 +314,7 @@ static void FN(backward_lanes)(const FN(args) *a, FN(scratch) *w, int64_t n, int
     }
     FN(mask_edges)(l, g, w->cur.live, w->cur.edge, nl, x0);
     const T *lse = a->lse + n * qs + y * g->Wo + x0;
-    for (int64_t c = 0; c < g->Dv; c++)
+    for (int64_t c = 0; c < g->Dv << g->apart; c++)
         for (int64_t i = 0; i < nx; i++) delta[i] += a->dy[vpix + c * qs + i] * a->y[vpix + c * qs + i];
     for (int64_t j = 0; j < nl; j++) {
         const int64_t o = w->cur.live[j], sh = w->cur.shift[j];
@@ -280,11 +322,12 @@ static void FN(backward_lanes)(const FN(args) *a, FN(scratch) *w, int64_t n, int
         for (int64_t i = 0; i < nx; i++) { p[i] = EXP(p[i] - lse[i]); dp[i] = 0; }
         for (int64_t c = 0; c < g->Dv; c++) {
             const T r_v = rv ? rv[c * K + o] : 0, *dyc = a->dy + vpix + c * qs, *vc = a->vp + vnbr + c * ks + sh;
+            const T *dyr = a->dy + rvpix + c * qs; /* dyc unless apart */
             T *dvc = a->dvp + vnbr + c * ks + sh, *gv = w->grv ? (T *)(w->grv + c * K + o) : 0;
             for (int64_t i = 0; i < nx; i++) {
-                dp[i] += dyc[i] * (vc[i * s] + r_v);
+                dp[i] += dyc[i] * vc[i * s] + dyr[i] * r_v;
                 dvc[i * s] += p[i] * dyc[i];
-                if (gv) gv[i] += p[i] * dyc[i];
+                if (gv) gv[i] += p[i] * dyr[i];
             }
         }
         for (int64_t i = 0; i < nx; i++) {
@@ -316,7 +359,7 @@ static void FN(scratch_init)(FN(scratch) *w, const FN(args) *a, int grads) {
         list->shift = malloc(sizeof(int64_t) * K);
         list->edge = malloc(K);
     }
-    all_offsets(&a->g, &w->all);
+    all_offsets(&a->g, &w->all, a->shifts);
     w->tq = malloc(sizeof(T) * D * K);
     w->tk = malloc(sizeof(T) * D * K);
     w->tv = malloc(sizeof(T) * Dv * K);
@@ -348,16 +391,16 @@ static void FN(reduce_lanes)(T *dst, V *src, int64_t count) {
 }
 
 #define MAKE_ARGS(Y, LSE) /* the backward reads y and lse through the forward's (non-const) fields */                  \
-    FN(args) a = {q, kp, vp, rq, rk, rv, bias, Y, LSE, 0, 0, 0, 0, 0, 0, 0, 0,                                        \
+    FN(args) a = {q, kp, vp, rq, rk, rv, bias, Y, LSE, shifts, 0, 0, 0, 0, 0, 0, 0, 0,                                \
                   {N, G, D, Dv, Ho, Wo, Hp, Wp, kh, kw, kh * kw, s, dil, mask_h, mask_w, win_top, win_left, pad_top,  \
-                   pad_left}}
+                   pad_left, apart}}
 #define GEOMETRY_PARAMS                                                                                               \
     int64_t N, int64_t G, int64_t D, int64_t Dv, int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh,          \
     int64_t kw, int64_t s, int64_t dil, int64_t mask_h, int64_t mask_w, int64_t win_top, int64_t win_left,            \
-    int64_t pad_top, int64_t pad_left, int threads
+    int64_t pad_top, int64_t pad_left, int64_t apart, int threads
 
 void FN(nbr_attention_fwd)(const T *q, const T *kp, const T *vp, const T *rq, const T *rk, const T *rv, const T *bias,
-                           T *y, T *lse, GEOMETRY_PARAMS) {
+                           T *y, T *lse, const int64_t *shifts, GEOMETRY_PARAMS) {
     MAKE_ARGS(y, lse);
     const int vec = s == 1 && Wo >= XB;
 #pragma omp parallel num_threads(threads)
@@ -379,7 +422,7 @@ void FN(nbr_attention_fwd)(const T *q, const T *kp, const T *vp, const T *rq, co
  * per-thread partial sums (or NULL). One thread per plane n, so the scatters into dkp[n] and dvp[n] never race. */
 void FN(nbr_attention_bwd)(const T *q, const T *kp, const T *vp, const T *rq, const T *rk, const T *rv, const T *bias,
                            const T *y, const T *lse, const T *dy, T *dq, T *dkp, T *dvp, T *drq, T *drk, T *drv,
-                           T *dbias, GEOMETRY_PARAMS) {
+                           T *dbias, const int64_t *shifts, GEOMETRY_PARAMS) {
     MAKE_ARGS((T *)y, (T *)lse);
     a.dy = dy; a.dq = dq; a.dkp = dkp; a.dvp = dvp; a.drq = drq; a.drk = drk; a.drv = drv; a.dbias = dbias;
     const int vec = s == 1 && Wo >= XB;
