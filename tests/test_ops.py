@@ -345,3 +345,25 @@ def test_fast_path_stores_nothing_k_squared_sized():
         largest[impl] = max(sizes)
     assert largest["fast"] <= max(weights.numel(), v.numel() * 2)
     assert largest["reference"] >= v.numel() * k * k
+
+
+@pytest.mark.parametrize("fp,h,w", [(Footprint(7, 1, 1, "mask"), 9, 13), (Footprint(3, 1, 2, "zero"), 6, 21),
+                                    (Footprint(5, 1, 1, "mask"), 7, 5), (Footprint(3, 1, 1, "reflect"), 4, 3)],
+                         ids=["7-mask-overlapped", "3-dil2-zero", "5-mask-narrow", "3-reflect-narrow"])
+def test_logit_moments_kernel_matches_the_logits(fp, h, w):
+    """The q·k sums and sums of squares of the logit BN's statistics (moments_cpu.c: never written per offset, rows
+    on overlapping vectors or laid out as one long row) and their gradients equal those of the K-sized logits in
+    float64."""
+    from attnvision.ops.moments import logit_moments
+    g = torch.Generator().manual_seed(w)
+    q, k = (torch.randn(2, 6, h, w, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    results = []
+    for impl in IMPLS:
+        moments, count = logit_moments(q, k, fp, 2, {}, impl)  # (sum, sum of squares), q·k, heads
+        weights = torch.tensor([[[1.5, -0.5]], [[0.25, 2.0]]], dtype=torch.float64)
+        results.append((moments, count, torch.autograd.grad((moments * weights).sum(), (q, k))))
+    (ref, ref_count, ref_grads), (fast, fast_count, fast_grads) = results
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-10)
+    assert fast_count == ref_count and ref.shape == (2, 1, 2) and ref[1].min() > 0
+    for a, b in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-10)

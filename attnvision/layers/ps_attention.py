@@ -146,7 +146,7 @@ class PositionSensitiveAttention(nn.Module):
                 return self.combine_outputs([local_attention(q, k, v.flatten(1, 2), fp, g, **terms, impl=self.impl)])
             y = local_attention(q, k, v.flatten(1, 2), fp, g, **terms, rel_v=rel_v, rel_v_apart=True, impl=self.impl)
             y = y.view(y.shape[0], g, 2, d, *y.shape[-2:])  # B, heads, (sum w v, sum w r^v), d, H, W
-            return self.combine_outputs([y[:, :, i].flatten(1, 2) for i in range(2)])
+            return self.combine_outputs([t.flatten(1, 2) for t in y.unbind(2)])  # one gradient pass, no zero fills
         out_scale = bn_output.weight.to(dtype) * (bn_output.running_var.to(dtype) + bn_output.eps).rsqrt()
         out_shift = bn_output.bias.to(dtype) - bn_output.running_mean.to(dtype) * out_scale
         out_scale, out_shift = out_scale.view(-1, g, d), out_shift.view(-1, g, d)  # outputs, heads, d

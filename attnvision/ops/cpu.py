@@ -1,5 +1,6 @@
 """Build and call the C kernels in ``csrc/`` (the CPU fast path of the neighbourhood ops): ``nbr_cpu.c`` (the three
-neighbourhood kernels) and ``attention_cpu.c`` (fused local attention).
+neighbourhood kernels), ``attention_cpu.c`` (fused local attention) and ``moments_cpu.c`` (the logits' sums and
+sums of squares).
 
 The sources are compiled with the system C compiler (``$CC``, default ``cc``) on first use, for this machine
 (``-O3 -march=native -fopenmp``), into ``$AV_CACHE_DIR`` (default ``~/.cache/attnvision``), keyed by the source,
@@ -21,7 +22,7 @@ import torch
 __all__ = ["available", "launch", "attention_forward", "attention_backward"]
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = (CSRC / "nbr_cpu.c", CSRC / "attention_cpu.c")
+SOURCES = (CSRC / "nbr_cpu.c", CSRC / "attention_cpu.c", CSRC / "moments_cpu.c")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 KERNELS = ("nbr_dot", "nbr_agg", "nbr_agg_t", "nbr_agg_tg")
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
@@ -63,6 +64,8 @@ def _library():
             fn.argtypes = [ctypes.c_void_p] * 3 + [i64] * 10 + [ctypes.c_int]
             fn.restype = None
     for suffix in SUFFIX.values():
+        getattr(lib, f"dot_moments_{suffix}").argtypes = [ctypes.c_void_p] * 3 + [i64] * 9 + [ctypes.c_int]
+        getattr(lib, f"dot_moments_bwd_{suffix}").argtypes = [ctypes.c_void_p] * 5 + [i64] * 9 + [ctypes.c_int]
         getattr(lib, f"nbr_attention_fwd_{suffix}").argtypes = [ctypes.c_void_p] * 10 + [i64] * 19 + [ctypes.c_int]
         getattr(lib, f"nbr_attention_bwd_{suffix}").argtypes = [ctypes.c_void_p] * 18 + [i64] * 19 + [ctypes.c_int]
     return lib
@@ -79,6 +82,14 @@ def launch(name: str, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, n: in
     fn(a.data_ptr(), b.data_ptr(), out.data_ptr(), n, d, ho, wo, hp, wp, kh, kw, stride, dilation,
        torch.get_num_threads())
     return out
+
+
+def dot_moments(name: str, tensors, hp: int, wp: int, kh: int, kw: int, dilation: int) -> None:
+    """``dot_moments`` (q, kp, sums) or ``dot_moments_bwd`` (q, kp, coef, dq, dkp) of ``moments_cpu.c`` on contiguous
+    tensors of one dtype, q being N × D × Ho × Wo and kp the padded N × D × hp × wp image."""
+    n, d, ho, wo = tensors[0].shape
+    fn = getattr(_library(), f"{name}_{SUFFIX[tensors[0].dtype]}")
+    fn(*(t.data_ptr() for t in tensors), n, d, ho, wo, hp, wp, kh, kw, dilation, torch.get_num_threads())
 
 
 def _ptr(t):

@@ -14,10 +14,12 @@ sum and the sum of squares of the term, differentiable in q, k and the tables:
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from . import cpu, kernels
 from .footprint import Footprint
-from .kernels import accumulate_dtype
+from .kernels import accumulate_dtype, in_accumulate_dtype
 from .primitives import _kernels, axial_lines, neighbour_index
 
 __all__ = ["logit_moments"]
@@ -55,16 +57,51 @@ def _axial_dot_moments(q: torch.Tensor, k: torch.Tensor, axis: str, num_heads: i
     return torch.stack([(q.sum(-1) * k.sum(-1)).sum((0, 2)), second.sum((0, 2, 3))])
 
 
+def _fused(ops, q: torch.Tensor, geometry) -> bool:
+    """Whether the C kernels of ``moments_cpu.c`` run: the fast ops on CPU, stride 1."""
+    return ops is kernels and q.device.type == "cpu" and geometry[2] == 1
+
+
+class _Rows:
+    """moments_cpu.c's layout for q and kp: as given, or, for rows narrower than a 64-byte vector, q's Ho rows as one
+    row on kp's pitch Wp (junk columns of zeros, whose logits are 0 and add nothing to either sum, nor anything to
+    dkp in the backward) and kp with one zero row more, which the last row's junk pixels read."""
+
+    def __init__(self, q, kp):
+        self.shape, self.padded = q.shape, kp.shape
+        self.narrow = q.shape[-1] < 64 // q.element_size()
+
+    def inputs(self, q, kp):
+        if not self.narrow:
+            return q.contiguous(), kp.contiguous()
+        n, d, ho, wo = self.shape
+        wp = self.padded[-1]
+        return F.pad(q, (0, wp - wo)).reshape(n, d, 1, ho * wp), F.pad(kp, (0, 0, 0, 1))
+
+    def gradients(self, dq, dkp):
+        if not self.narrow:
+            return dq, dkp
+        n, d, ho, wo = self.shape
+        return dq.view(n, d, ho, -1)[..., :wo], dkp[..., :-1, :]
+
+
 class _DotMoments(torch.autograd.Function):
     """(sum, sum of squares) per plane n of the logits q_i·k_j, nbr_dot(q, kp) (``ops`` = kernels or reference),
     recomputed in the backward instead of kept: their gradient w = g_sum + 2·g_squares·logits goes back through
-    the kernels' own adjoints (dq = agg(w, kp), dkp = agg_t(w, q))."""
+    the kernels' own adjoints (dq = agg(w, kp), dkp = agg_t(w, q)). On CPU with the C kernels (stride 1) both
+    passes are one kernel each (``moments_cpu.c``) that never writes the logits."""
 
     @staticmethod
     def forward(ctx, q, kp, ops, geometry):
-        logits = ops.nbr_dot(q, kp, *geometry).flatten(1)  # N, K·Ho·Wo
         ctx.save_for_backward(q, kp)
         ctx.ops, ctx.geometry = ops, geometry
+        if _fused(ops, q, geometry):
+            rows = _Rows(q, kp)
+            q, kp = rows.inputs(*in_accumulate_dtype(q, kp))
+            sums = q.new_empty((q.shape[0], 2))
+            cpu.dot_moments("dot_moments", (q, kp, sums), *kp.shape[-2:], geometry[0], geometry[1], geometry[3])
+            return sums.t()  # 2, N
+        logits = ops.nbr_dot(q, kp, *geometry).flatten(1)  # N, K·Ho·Wo
         return torch.stack([logits.sum(1), torch.linalg.vector_norm(logits, dim=1).square()])  # 2, N
 
     @staticmethod
@@ -72,6 +109,15 @@ class _DotMoments(torch.autograd.Function):
     def backward(ctx, grad):
         q, kp = ctx.saved_tensors
         ops, geometry = ctx.ops, ctx.geometry
+        if _fused(ops, q, geometry):
+            rows = _Rows(q, kp)
+            qf, kpf = rows.inputs(*in_accumulate_dtype(q, kp))
+            coef = torch.stack([grad[0], 2 * grad[1]], 1).to(qf.dtype).contiguous()  # N, 2: w = a + b·logit
+            dq, dkp = torch.empty_like(qf), torch.zeros_like(kpf)
+            cpu.dot_moments("dot_moments_bwd", (qf, kpf, coef, dq, dkp), *kpf.shape[-2:], geometry[0], geometry[1],
+                            geometry[3])
+            dq, dkp = rows.gradients(dq, dkp)
+            return dq.to(q.dtype), dkp.to(kp.dtype), None, None
         w = ops.nbr_dot(q, kp, *geometry)  # N, K, Ho, Wo
         w = w.mul_(2 * grad[1].view(-1, 1, 1, 1)).add_(grad[0].view(-1, 1, 1, 1))
         dq = ops.nbr_agg(w, kp, *geometry).to(q.dtype) if ctx.needs_input_grad[0] else None
