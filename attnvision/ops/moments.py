@@ -8,18 +8,20 @@ sum and the sum of squares of the term, differentiable in q, k and the tables:
     attended at i of r, and the squares sum_i q_i^T (sum r r^T) q_i likewise; the key term counts, per pixel j
     and offset, the windows that read j (mirrored reads included). O(D² per pixel), no K factor;
   - q·k on a global axial window in closed form per line, <sum_i q_i q_i^T, sum_j k_j k_j^T>;
-  - q·k on a local window from its K-sized logits (the neighbourhood kernel ``nbr_dot``), reduced at once and
-    recomputed in the backward, where their gradient goes through the kernel's adjoints.
+  - q·k on a local window from its logits, recomputed in the backward: on CPU the ops ``dot_moments`` and
+    ``dot_moments_grad`` (``csrc/moments_cpu.c``), which sum them as they compute them and never write the K per
+    pixel; elsewhere the neighbourhood kernel ``nbr_dot`` reduced at once, the gradient through its adjoints.
 """
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu, kernels
 from .footprint import Footprint
-from .kernels import accumulate_dtype, in_accumulate_dtype
+from .kernels import accumulate_dtype, in_accumulate_dtype, nbr_macs
 from .primitives import _kernels, axial_lines, neighbour_index
 
 __all__ = ["logit_moments"]
@@ -85,6 +87,50 @@ class _Rows:
         return dq.view(n, d, ho, -1)[..., :wo], dkp[..., :-1, :]
 
 
+@torch.library.custom_op("attnvision::dot_moments", mutates_args=(), device_types="cpu")
+def dot_moments(q: torch.Tensor, kp: torch.Tensor, kh: int, kw: int, dilation: int) -> torch.Tensor:
+    """2 × N: per plane the sum and the sum of squares of the logits nbr_dot(q, kp) (stride 1), by moments_cpu.c."""
+    rows = _Rows(q, kp)
+    q, kp = rows.inputs(*in_accumulate_dtype(q, kp))
+    sums = q.new_empty((q.shape[0], 2))
+    cpu.dot_moments("dot_moments", (q, kp, sums), *kp.shape[-2:], kh, kw, dilation)
+    return sums.t().contiguous()
+
+
+@torch.library.custom_op("attnvision::dot_moments_grad", mutates_args=(), device_types="cpu")
+def dot_moments_grad(q: torch.Tensor, kp: torch.Tensor, grad: torch.Tensor, kh: int, kw: int,
+                     dilation: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(dq, dkp) of dot_moments for its output's gradient ``grad`` (2 × N): per pair w = grad[0] + 2·grad[1]·logit,
+    dq = sum w kp[nbr], dkp = scatter of w q, by moments_cpu.c."""
+    rows = _Rows(q, kp)
+    qf, kpf = rows.inputs(*in_accumulate_dtype(q, kp))
+    coef = torch.stack([grad[0], 2 * grad[1]], 1).to(qf.dtype).contiguous()  # N, 2: w = a + b·logit
+    dq, dkp = torch.empty_like(qf), torch.zeros_like(kpf)
+    cpu.dot_moments("dot_moments_bwd", (qf, kpf, coef, dq, dkp), *kpf.shape[-2:], kh, kw, dilation)
+    dq, dkp = rows.gradients(dq, dkp)
+    return dq.to(q.dtype).contiguous(), dkp.to(kp.dtype).contiguous()
+
+
+@dot_moments.register_fake
+def _(q, kp, kh, kw, dilation):
+    return q.new_empty((2, q.shape[0]), dtype=accumulate_dtype(q))
+
+
+@dot_moments_grad.register_fake
+def _(q, kp, grad, kh, kw, dilation):
+    return torch.empty_like(q), torch.empty_like(kp)
+
+
+@register_flop_formula(torch.ops.attnvision.dot_moments)
+def _dot_moments_flops(q_shape, kp_shape, kh, kw, *args, out_shape=None, **kwargs) -> int:
+    return 2 * nbr_macs(*q_shape[:2], kh * kw, *q_shape[2:])  # the logits, as nbr_dot
+
+
+@register_flop_formula(torch.ops.attnvision.dot_moments_grad)
+def _dot_moments_grad_flops(q_shape, kp_shape, grad_shape, kh, kw, *args, out_shape=None, **kwargs) -> int:
+    return 3 * 2 * nbr_macs(*q_shape[:2], kh * kw, *q_shape[2:])  # the logits again, dq and dkp
+
+
 class _DotMoments(torch.autograd.Function):
     """(sum, sum of squares) per plane n of the logits q_i·k_j, nbr_dot(q, kp) (``ops`` = kernels or reference),
     recomputed in the backward instead of kept: their gradient w = g_sum + 2·g_squares·logits goes back through
@@ -96,11 +142,7 @@ class _DotMoments(torch.autograd.Function):
         ctx.save_for_backward(q, kp)
         ctx.ops, ctx.geometry = ops, geometry
         if _fused(ops, q, geometry):
-            rows = _Rows(q, kp)
-            q, kp = rows.inputs(*in_accumulate_dtype(q, kp))
-            sums = q.new_empty((q.shape[0], 2))
-            cpu.dot_moments("dot_moments", (q, kp, sums), *kp.shape[-2:], geometry[0], geometry[1], geometry[3])
-            return sums.t()  # 2, N
+            return dot_moments(q, kp, geometry[0], geometry[1], geometry[3])
         logits = ops.nbr_dot(q, kp, *geometry).flatten(1)  # N, K·Ho·Wo
         return torch.stack([logits.sum(1), torch.linalg.vector_norm(logits, dim=1).square()])  # 2, N
 
@@ -110,14 +152,7 @@ class _DotMoments(torch.autograd.Function):
         q, kp = ctx.saved_tensors
         ops, geometry = ctx.ops, ctx.geometry
         if _fused(ops, q, geometry):
-            rows = _Rows(q, kp)
-            qf, kpf = rows.inputs(*in_accumulate_dtype(q, kp))
-            coef = torch.stack([grad[0], 2 * grad[1]], 1).to(qf.dtype).contiguous()  # N, 2: w = a + b·logit
-            dq, dkp = torch.empty_like(qf), torch.zeros_like(kpf)
-            cpu.dot_moments("dot_moments_bwd", (qf, kpf, coef, dq, dkp), *kpf.shape[-2:], geometry[0], geometry[1],
-                            geometry[3])
-            dq, dkp = rows.gradients(dq, dkp)
-            return dq.to(q.dtype), dkp.to(kp.dtype), None, None
+            return *dot_moments_grad(q, kp, grad.contiguous(), geometry[0], geometry[1], geometry[3]), None, None
         w = ops.nbr_dot(q, kp, *geometry)  # N, K, Ho, Wo
         w = w.mul_(2 * grad[1].view(-1, 1, 1, 1)).add_(grad[0].view(-1, 1, 1, 1))
         dq = ops.nbr_agg(w, kp, *geometry).to(q.dtype) if ctx.needs_input_grad[0] else None
