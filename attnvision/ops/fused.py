@@ -17,7 +17,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu
 from .footprint import Footprint
-from .kernels import accumulate_dtype
+from .kernels import accumulate_dtype, unflat_rows
 
 __all__ = ["nbr_attention", "runs_on_phases", "XB"]
 
@@ -123,7 +123,7 @@ class _Phases:
         return F.pad(t, (0, self.ws - self.wo), value=value).reshape(*t.shape[:-2], 1, self.ho * self.ws)
 
     def outputs(self, t):
-        return t.reshape(*t.shape[:-2], self.ho, self.ws)[..., :self.wo].contiguous() if self.narrow else t
+        return unflat_rows(t, self.ho, self.wo) if self.narrow else t
 
     def gradients(self, dq, dkp, dvp, dterms, kp, vp):
         """The gradients in the op's own layout; what this layout added (padding, the mask channel) has none."""

@@ -21,8 +21,8 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu
 
-__all__ = ["nbr_dot", "nbr_agg", "nbr_agg_t", "nbr_gather", "nbr_macs", "accumulate_dtype", "in_accumulate_dtype",
-           "saving_tensors"]
+__all__ = ["nbr_dot", "nbr_agg", "nbr_agg_t", "nbr_gather", "nbr_macs", "flat_rows", "unflat_rows", "accumulate_dtype",
+           "in_accumulate_dtype", "saving_tensors"]
 
 
 def accumulate_dtype(t: torch.Tensor) -> torch.dtype:
@@ -85,18 +85,28 @@ def _run_gather_t(w: torch.Tensor, u: torch.Tensor, out_shape, kh, kw, dilation)
     return cpu.launch("nbr_agg_tg", flat(w), flat(u), out, n, u.shape[1], ho, wo, hp, wp, kh, kw, 1, dilation)
 
 
-def _run_flat(name: str, a: torch.Tensor, b: torch.Tensor, out_shape, d, kh, kw, dilation):
-    """nbr_dot / nbr_agg (stride 1) on rows narrower than the kernels' 64-byte vectors, which would run on scalar
-    lanes: the Ho rows as one row of Ho·Wp pixels, a (the output grid) padded with Wp - Wo junk columns per row and b
+def flat_rows(a: torch.Tensor, b: torch.Tensor):
+    """A stride-1 kernel's inputs for rows narrower than its 64-byte vectors, which would run on scalar lanes: a's
+    (the output grid's) Ho rows as one row of Ho·Wp pixels, padded with Wp - Wo junk columns of zeros per row, and b
     (the padded image) with one zero row that the last row's junk pixels read. Neighbour (oy, ox) of flat pixel f
     is then f + oy·dil·Wp + ox·dil, which the kernels' own addressing gives for a one-row output over b's rows."""
-    n, ho, wo = a.shape[0], a.shape[-2], a.shape[-1]
-    hp, wp = b.shape[-2:]
-    a = F.pad(a, (0, wp - wo)).view(n, a.shape[1], 1, ho * wp)
-    b = F.pad(b, (0, 0, 0, 1))
-    out = a.new_empty((n, out_shape[1], 1, ho * wp))
-    cpu.launch(name, a, b, out, n, d, 1, ho * wp, hp + 1, wp, kh, kw, 1, dilation)
-    return out.view(n, out_shape[1], ho, wp)[..., :wo].contiguous()
+    n, c, ho, wo = a.shape
+    wp = b.shape[-1]
+    return F.pad(a, (0, wp - wo)).view(n, c, 1, ho * wp), F.pad(b, (0, 0, 0, 1))
+
+
+def unflat_rows(t: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
+    """The Ho × Wo output grid of a one-row result of ``flat_rows`` ([..., 1, Ho·Wp])."""
+    return t.reshape(*t.shape[:-2], ho, -1)[..., :wo].contiguous()
+
+
+def _run_flat(name: str, a: torch.Tensor, b: torch.Tensor, out_shape, d, kh, kw, dilation):
+    """nbr_dot / nbr_agg (stride 1) on narrow rows, laid out by ``flat_rows``."""
+    ho, wo = a.shape[-2:]
+    a, b = flat_rows(a, b)
+    out = a.new_empty((a.shape[0], out_shape[1], 1, a.shape[-1]))
+    cpu.launch(name, a, b, out, a.shape[0], d, 1, a.shape[-1], *b.shape[-2:], kh, kw, 1, dilation)
+    return unflat_rows(out, ho, wo)
 
 
 @torch.library.custom_op("attnvision::nbr_dot", mutates_args=())

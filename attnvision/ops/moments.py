@@ -15,13 +15,12 @@ sum and the sum of squares of the term, differentiable in q, k and the tables:
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.utils.flop_counter import register_flop_formula
 
 from . import cpu, kernels
 from .footprint import Footprint
-from .kernels import accumulate_dtype, in_accumulate_dtype, nbr_macs
+from .kernels import accumulate_dtype, flat_rows, in_accumulate_dtype, nbr_macs, unflat_rows
 from .primitives import _kernels, axial_lines, neighbour_index
 
 __all__ = ["logit_moments"]
@@ -65,32 +64,24 @@ def _fused(ops, q: torch.Tensor, geometry) -> bool:
 
 
 class _Rows:
-    """moments_cpu.c's layout for q and kp: as given, or, for rows narrower than a 64-byte vector, q's Ho rows as one
-    row on kp's pitch Wp (junk columns of zeros, whose logits are 0 and add nothing to either sum, nor anything to
-    dkp in the backward) and kp with one zero row more, which the last row's junk pixels read."""
+    """moments_cpu.c's layout for q and kp: as given, or, for rows narrower than a 64-byte vector, ``flat_rows``'
+    one long row (its junk pixels' q is zero: their logits are 0 and add nothing to either sum, nor to dkp)."""
 
-    def __init__(self, q, kp):
-        self.shape, self.padded = q.shape, kp.shape
-        self.narrow = q.shape[-1] < 64 // q.element_size()
+    def __init__(self, q):
+        self.ho, self.wo = q.shape[-2:]
+        self.narrow = self.wo < 64 // q.element_size()
 
     def inputs(self, q, kp):
-        if not self.narrow:
-            return q.contiguous(), kp.contiguous()
-        n, d, ho, wo = self.shape
-        wp = self.padded[-1]
-        return F.pad(q, (0, wp - wo)).reshape(n, d, 1, ho * wp), F.pad(kp, (0, 0, 0, 1))
+        return flat_rows(q, kp) if self.narrow else (q.contiguous(), kp.contiguous())
 
     def gradients(self, dq, dkp):
-        if not self.narrow:
-            return dq, dkp
-        n, d, ho, wo = self.shape
-        return dq.view(n, d, ho, -1)[..., :wo], dkp[..., :-1, :]
+        return (unflat_rows(dq, self.ho, self.wo), dkp[..., :-1, :]) if self.narrow else (dq, dkp)
 
 
 @torch.library.custom_op("attnvision::dot_moments", mutates_args=(), device_types="cpu")
 def dot_moments(q: torch.Tensor, kp: torch.Tensor, kh: int, kw: int, dilation: int) -> torch.Tensor:
     """2 × N: per plane the sum and the sum of squares of the logits nbr_dot(q, kp) (stride 1), by moments_cpu.c."""
-    rows = _Rows(q, kp)
+    rows = _Rows(q)
     q, kp = rows.inputs(*in_accumulate_dtype(q, kp))
     sums = q.new_empty((q.shape[0], 2))
     cpu.dot_moments("dot_moments", (q, kp, sums), *kp.shape[-2:], kh, kw, dilation)
@@ -102,7 +93,7 @@ def dot_moments_grad(q: torch.Tensor, kp: torch.Tensor, grad: torch.Tensor, kh: 
                      dilation: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """(dq, dkp) of dot_moments for its output's gradient ``grad`` (2 × N): per pair w = grad[0] + 2·grad[1]·logit,
     dq = sum w kp[nbr], dkp = scatter of w q, by moments_cpu.c."""
-    rows = _Rows(q, kp)
+    rows = _Rows(q)
     qf, kpf = rows.inputs(*in_accumulate_dtype(q, kp))
     coef = torch.stack([grad[0], 2 * grad[1]], 1).to(qf.dtype).contiguous()  # N, 2: w = a + b·logit
     dq, dkp = torch.empty_like(qf), torch.zeros_like(kpf)
