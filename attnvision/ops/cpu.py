@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "launch", "attention_forward", "attention_backward"]
+__all__ = ["available", "launch", "dot_moments", "attention_forward", "attention_backward"]
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = (CSRC / "nbr_cpu.c", CSRC / "attention_cpu.c", CSRC / "moments_cpu.c")

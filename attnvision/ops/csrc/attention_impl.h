@@ -113,34 +113,26 @@ static void FN(aggregate)(T *out, int64_t os, const V *inv, const T *w, const T 
     }
 }
 
-/* out_c = inv * sum_j w_j rb[c, j] for the C channels: a term's sums apart from the values' (y's r^v half). */
-static void FN(aggregate_term)(T *out, int64_t os, const V *inv, const T *w, const T *rb, int64_t rbs, int64_t nl,
-                               int64_t C) {
-    for (int64_t c0 = 0; c0 < C; c0 += CT) {
-        const int64_t nt = C - c0 < CT ? C - c0 : CT;
+/* out_t = scale * sum_s x_s m[s * ms + t * mt] for the nt outputs (or out_t += the sum with ``add``): XB-lane
+ * vectors x_s (xs apart) against a matrix of scalars, CT outputs per register tile. With r^v apart: the forward's
+ * sums of the term (x = the weights, m = r^v, outputs = channels) and the backward's dp (x = their dy, outputs =
+ * offsets). */
+static void FN(lanes_by_matrix)(T *out, int64_t os, const T *x, int64_t xs, int64_t nx, const T *m, int64_t ms,
+                                int64_t mt, int64_t nt, const V *scale, int add) {
+    for (int64_t t0 = 0; t0 < nt; t0 += CT) {
+        const int64_t tile = nt - t0 < CT ? nt - t0 : CT;
         V acc[CT] = {{0}};
-        for (int64_t j = 0; j < nl; j++) {
-            const V wv = *(const V *)(w + j * XB);
+        for (int64_t s = 0; s < nx; s++) {
+            const V xv = *(const V *)(x + s * xs);
 #pragma GCC unroll 8
             for (int64_t t = 0; t < CT; t++)
-                if (t < nt) acc[t] += wv * rb[(c0 + t) * rbs + j];
+                if (t < tile) acc[t] += xv * m[s * ms + (t0 + t) * mt];
         }
-        for (int64_t t = 0; t < nt; t++) *(V *)(out + (c0 + t) * os) = acc[t] * *inv;
-    }
-}
-
-/* l_j += sum_c a_c rb[c, j] for the nl offsets (a's channels as apart): the backward's dp of a term apart. */
-static void FN(dots_term)(T *l, const T *a, int64_t as, const T *rb, int64_t rbs, int64_t nl, int64_t C) {
-    for (int64_t j0 = 0; j0 < nl; j0 += OT) {
-        const int64_t nt = nl - j0 < OT ? nl - j0 : OT;
-        V acc[OT] = {{0}};
-        for (int64_t c = 0; c < C; c++) {
-            const V av = *(const V *)(a + c * as);
-#pragma GCC unroll 8
-            for (int64_t t = 0; t < OT; t++)
-                if (t < nt) acc[t] += av * rb[c * rbs + j0 + t];
+        for (int64_t t = 0; t < tile; t++) {
+            V *dst = (V *)(out + (t0 + t) * os);
+            if (add) *dst += acc[t];
+            else *dst = acc[t] * *scale;
         }
-        for (int64_t t = 0; t < nt; t++) *(V *)(l + (j0 + t) * XB) += acc[t];
     }
 }
 
@@ -206,7 +198,7 @@ static void FN(forward_block)(const FN(args) *a, FN(scratch) *w, int64_t n, int6
     T *yb = a->y + (n * g->Dv << g->apart) * qs + pix;
     FN(aggregate)(yb, qs, &inv, l, a->vp + n * g->Dv * ks + nbr, g->apart ? 0 : rv_l, vcs, w->cur.shift, nl, g->Dv,
                   ks);
-    if (g->apart) FN(aggregate_term)(yb + g->Dv * qs, qs, &inv, l, rv_l, vcs, nl, g->Dv);
+    if (g->apart) FN(lanes_by_matrix)(yb + g->Dv * qs, qs, l, XB, nl, rv_l, 1, vcs, g->Dv, &inv, 0);
 }
 
 /* The same for nx <= XB pixels of any stride, one lane at a time. */
@@ -271,7 +263,7 @@ static void FN(backward_block)(const FN(args) *a, FN(scratch) *w, int64_t n, int
     const T *rv_dp = g->apart ? 0 : rv_l; /* dp = dy·(v + r^v), or dy·v + dy'·r^v apart */
     FN(dots)(ds, a->dy + vpix, a->vp + vnbr, rv_dp, vcs, 0, 0, 0, w->cur.shift, nl, g->Dv, qs, ks);
     const T *dy_rv = a->dy + vpix + (g->apart ? g->Dv * qs : 0); /* the gradient that r^v's sums get */
-    if (g->apart) FN(dots_term)(ds, dy_rv, qs, rv_l, vcs, nl, g->Dv);
+    if (g->apart) FN(lanes_by_matrix)(ds, XB, dy_rv, qs, g->Dv, rv_l, vcs, 1, nl, 0, 1);
     for (int64_t j = 0; j < nl; j++) {
         const int64_t o = w->cur.live[j], sh = w->cur.shift[j];
         const V p = *(const V *)(l + j * XB), dsj = p * (*(const V *)(ds + j * XB) - delta);
