@@ -5,7 +5,7 @@
     python scripts/bench_models.py --models av_resnet26 san10_patchwise --image-size 224 --batch 8 --device cuda
 
 A training step = forward, label-smoothed cross-entropy, backward and an SGD update, as the trainer runs it (bf16
-autocast and channels-last by default); an eval step = a forward under no_grad in eval mode, as evaluation runs it.
+autocast where the machine has native bfloat16, else fp32, and channels-last, by default); an eval step = a forward under no_grad in eval mode, as evaluation runs it.
 Inputs of 64 px or less use each model's small-image variant (``small_stem=True``), as the trainer does for digits
 and CIFAR. Steps are timed with torch.utils.benchmark after warm-up steps, in ``--rounds`` rounds that each time
 every model in turn (so a slow spell of a shared machine hits all of them); the table gives the median over rounds,
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils import benchmark
 
 import attnvision.models  # noqa: F401  (registers the models with timm)
+from attnvision.engine.runtime import precision_note, resolve_precision
 from attnvision.results.tables import machine, write_table
 
 
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, nargs="+", default=[32, 224])
     parser.add_argument("--batch", type=int, nargs="+", default=[64, 8], help="one per image size, or one for all")
     parser.add_argument("--mode", default="train", choices=["train", "eval"])
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="as trainer.precision: auto is bf16 where the device has it natively, else fp32")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timing per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per model, interleaved")
@@ -78,6 +80,8 @@ def main(argv=None) -> int:
         parser.error(f"--batch takes one value or one per image size ({len(args.image_size)}), not {args.batch}")
     batches = args.batch * len(args.image_size) if len(args.batch) == 1 else args.batch
     device = torch.device(args.device)
+    args.precision = resolve_precision(args.precision, device.type)
+    print(f"precision: {precision_note(args.precision, device.type)}")
     env = machine(device)
     rows = []
     for size, batch in zip(args.image_size, batches):

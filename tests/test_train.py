@@ -51,6 +51,24 @@ def test_resume_matches_uninterrupted_run(make_cfg, tmp_path, monkeypatch, preci
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_recorded_as_it_ran(make_cfg, tmp_path, monkeypatch, capsys, native):
+    """``trainer.precision=auto`` (the default) runs bf16 only where the device has it natively, and the saved config,
+    the identity and the row name the precision that ran; an explicit bf16 where it is emulated says so."""
+    monkeypatch.setattr("attnvision.engine.runtime.native_bf16", lambda device_type: native)
+    seen = []
+    monkeypatch.setattr("attnvision.engine.loop.Precision.autocast",
+                        lambda self: seen.append(self.dtype) or torch.autocast("cpu", enabled=False))
+    metrics = train(make_cfg(*TINY, "trainer.epochs=1", "trainer.limit_train_batches=1")).metrics
+    expected = "bf16" if native else "fp32"
+    assert metrics["precision"] == expected and set(seen) == {torch.bfloat16 if native else None}
+    assert f"precision: {expected}" in (tmp_path / "run" / "config.yaml").read_text()
+    explicit = train(make_cfg(*TINY, "trainer.epochs=1", "trainer.limit_train_batches=1", "trainer.precision=bf16",
+                              run="bf16")).metrics
+    assert (explicit["identity"] == metrics["identity"]) is native  # auto is not an identity of its own
+    assert ("emulated on this CPU" in capsys.readouterr().out) is not native
+
+
 def test_evaluate_reproduces_recorded_top1(make_cfg, tmp_path):
     cfg = make_cfg("model.depth=test", "trainer.epochs=4", "optim.lr=3e-3")
     metrics = train(cfg).metrics
@@ -77,7 +95,7 @@ def test_evaluate_rejects_a_checkpoint_of_another_model(make_cfg, tmp_path):
 
 @pytest.mark.parametrize("override,match", [
     ("trainer.epochs=0", "trainer.epochs=0 must be a positive integer"),
-    ("trainer.precision=fp8", "trainer.precision='fp8' is unknown; choose one of fp32, bf16, fp16"),
+    ("trainer.precision=fp8", "trainer.precision='fp8' is unknown; choose one of auto, fp32, bf16, fp16"),
     ("trainer.precision=fp16", "fp16 needs CUDA"),
 ])
 def test_bad_trainer_values(make_cfg, override, match):

@@ -18,9 +18,10 @@ __all__ = ["EpochProgress", "Precision", "train_one_epoch", "validate"]
 
 
 class Precision:
-    """``trainer.precision``: fp32, bf16 autocast (CPU and CUDA) or fp16 autocast with a GradScaler (CUDA)."""
+    """``trainer.precision``: fp32, bf16 autocast (CPU and CUDA) or fp16 autocast with a GradScaler (CUDA); ``auto``
+    is resolved before (``runtime.resolve_precision``)."""
 
-    CHOICES = ("fp32", "bf16", "fp16")
+    CHOICES = ("auto", "fp32", "bf16", "fp16")
 
     def __init__(self, precision: str, device_type: str):
         self.device_type = device_type

@@ -51,7 +51,7 @@ from .distributed import all_reduce_max, barrier, broadcast_object
 from .guards import Diverged, NonFinite, Preempted, StopSignals
 from .identity import Resume, find_resume, identity_hash, run_identity, write_record
 from .loop import EpochProgress, train_one_epoch, validate
-from .runtime import setup_runtime
+from .runtime import precision_note, setup_runtime
 
 __all__ = ["TrainResult", "build_criterion", "build_model", "train", "row_name", "CHECKPOINT_EVERY_AUTO"]
 
@@ -223,7 +223,8 @@ def train(cfg) -> TrainResult:
         write_record(run_dir, run_id, "running", epoch=start_epoch, num_updates=num_updates)
         print(f"{arch}: {complexity.params / 1e6:.2f}M params, {complexity.macs / 1e9:.3f} GMACs at "
               f"{cfg.data.image_size}px | {cfg.data.name}: {len(train_loader.dataset)} train / "
-              f"{len(val_loader.dataset) * rt.dist.world_size} val images | run dir {run_dir}")
+              f"{len(val_loader.dataset) * rt.dist.world_size} val images | "
+              f"{precision_note(tcfg.precision, rt.device.type)} | run dir {run_dir}")
         if ckpt is not None:
             where = (f"epoch {start_epoch + 1}/{tcfg.epochs}, step {progress.step}" if progress else
                      f"the end of epoch {start_epoch}/{tcfg.epochs}")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "launch", "dot_moments", "attention_forward", "attention_backward"]
+__all__ = ["available", "vector_bytes", "launch", "dot_moments", "attention_forward", "attention_backward"]
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = (CSRC / "nbr_cpu.c", CSRC / "attention_cpu.c", CSRC / "moments_cpu.c")
@@ -73,6 +73,14 @@ def _library():
 
 def available() -> bool:
     return _library() is not None
+
+
+@lru_cache(maxsize=None)
+def vector_bytes() -> int:
+    """The kernels' vector width in bytes (csrc/simd.h: 64 with AVX-512, else 32); the layouts of narrow rows and of a
+    block's overhang follow it. 64 where the kernels could not be built (nothing runs on them then)."""
+    lib = _library()
+    return lib.vector_bytes() if lib is not None else 64
 
 
 def launch(name: str, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, n: int, d: int, ho: int, wo: int,

@@ -6,8 +6,8 @@ prior) or absent: every relative term (SASA's r^q; Axial-DeepLab's r^q, r^k and 
 axial windows, whose dead offsets the kernel skips. The forward keeps y and one log-sum-exp per pixel; the
 backward recomputes the weights (as FlashAttention does), so no K-sized tensor is stored, and the logits/weights
 tensors are never allocated at all. Strided windows (LR-Net's stride-2 layers) and rows narrower than the kernel's
-16-pixel blocks (the 14 × 14 and 7 × 7 stages at 224 px, every stage at 32 px) run at stride 1 on full blocks of
-a layout of their own (``_Phases``) instead of on scalar lanes.
+blocks (one float register: 16 pixels with AVX-512, 8 with AVX2; e.g. the 7 × 7 stage at 224 px, every stage at
+32 px) run at stride 1 on full blocks of a layout of their own (``_Phases``) instead of on scalar lanes.
 """
 from typing import Optional, Tuple
 
@@ -19,9 +19,12 @@ from . import cpu
 from .footprint import Footprint
 from .kernels import accumulate_dtype, unflat_rows
 
-__all__ = ["nbr_attention", "runs_on_phases", "XB"]
+__all__ = ["block_pixels", "nbr_attention", "runs_on_phases"]
 
-XB = 16  # pixels per block along a row in the kernel (csrc/attention_cpu.c)
+
+def block_pixels() -> int:
+    """Pixels per block along a row in the kernel (csrc/attention_cpu.c's XB: one float register)."""
+    return cpu.vector_bytes() // 4
 
 
 def _prepared(dtype, *tensors):
@@ -30,12 +33,12 @@ def _prepared(dtype, *tensors):
 
 def runs_on_phases(stride: int, wo: int) -> bool:
     """Whether the op lays kp and vp out itself (``_Phases``), reading only their image when masked."""
-    return stride > 1 or wo < XB
+    return stride > 1 or wo < block_pixels()
 
 
 class _Phases:
     """The kernel's stride-1 vector layout for what would otherwise run on its scalar lanes: strided windows and rows
-    narrower than a block (Wo < XB).
+    narrower than a block (Wo < ``block_pixels()``).
 
     The region the windows read, Hr = (Ho - 1)·s + (kh - 1)·dil + 1 rows by the like Wr columns, is laid out as its
     s × s phase images (rows ≡ py and columns ≡ px mod s), side by side in one s·Hq × s·Wq image (Hq = ⌈Hr/s⌉, Wq
@@ -54,7 +57,7 @@ class _Phases:
         kh, kw, s, dil, mask_h, mask_w, win_top, win_left, pad_top, pad_left = geometry
         self.masked, self.s = mask_h > 0, s
         self.n, self.d, self.ho, self.wo = q.shape
-        self.narrow = self.wo < XB
+        self.narrow = self.wo < block_pixels()
         height, width = (self.ho - 1) * s + (kh - 1) * dil + 1, (self.wo - 1) * s + (kw - 1) * dil + 1
         self.hq, self.wq = -(-height // s), -(-width // s)  # a phase image
         self.ws = ws = s * self.wq

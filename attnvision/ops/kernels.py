@@ -62,7 +62,7 @@ def _run(name: str, a: torch.Tensor, b: torch.Tensor, out_shape, kh, kw, stride,
     d = out_shape[1] if name != "nbr_dot" else a.shape[1]
     if name == "nbr_agg_t" and stride == 1 and d >= 4 and a.numel() * a.element_size() <= GATHER_T_BYTES:
         return _run_gather_t(a, b, out_shape, kh, kw, dilation)
-    if name != "nbr_agg_t" and stride == 1 and wo < 64 // a.element_size():
+    if name != "nbr_agg_t" and stride == 1 and wo < cpu.vector_bytes() // a.element_size():
         return _run_flat(name, a, b, out_shape, d, kh, kw, dilation)
     out = torch.empty(out_shape, dtype=dtype, device=a.device)
     return cpu.launch(name, a, b, out, n, d, ho, wo, hp, wp, kh, kw, stride, dilation)
@@ -86,7 +86,7 @@ def _run_gather_t(w: torch.Tensor, u: torch.Tensor, out_shape, kh, kw, dilation)
 
 
 def flat_rows(a: torch.Tensor, b: torch.Tensor):
-    """A stride-1 kernel's inputs for rows narrower than its 64-byte vectors, which would run on scalar lanes: a's
+    """A stride-1 kernel's inputs for rows narrower than its vectors (``cpu.vector_bytes()``), which would run on scalar lanes: a's
     (the output grid's) Ho rows as one row of Ho·Wp pixels, padded with Wp - Wo junk columns of zeros per row, and b
     (the padded image) with one zero row that the last row's junk pixels read. Neighbour (oy, ox) of flat pixel f
     is then f + oy·dil·Wp + ox·dil, which the kernels' own addressing gives for a one-row output over b's rows."""

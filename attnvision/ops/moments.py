@@ -64,12 +64,13 @@ def _fused(ops, q: torch.Tensor, geometry) -> bool:
 
 
 class _Rows:
-    """moments_cpu.c's layout for q and kp: as given, or, for rows narrower than a 64-byte vector, ``flat_rows``'
-    one long row (its junk pixels' q is zero: their logits are 0 and add nothing to either sum, nor to dkp)."""
+    """moments_cpu.c's layout for q and kp: as given, or, for rows narrower than a vector (``cpu.vector_bytes()``),
+    ``flat_rows``' one long row (its junk pixels' q is zero: their logits are 0 and add nothing to either sum, nor to
+    dkp)."""
 
     def __init__(self, q):
         self.ho, self.wo = q.shape[-2:]
-        self.narrow = self.wo < 64 // q.element_size()
+        self.narrow = self.wo < cpu.vector_bytes() // q.element_size()
 
     def inputs(self, q, kp):
         return flat_rows(q, kp) if self.narrow else (q.contiguous(), kp.contiguous())

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cpu, kernels, reference
-from .fused import XB, nbr_attention, runs_on_phases
+from .fused import block_pixels, nbr_attention, runs_on_phases
 from .kernels import accumulate_dtype
 from .footprint import Footprint
 
@@ -271,8 +271,9 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footp
         if fp.padding == "mask" and runs_on_phases(fp.stride, wo):  # the op lays the image out itself
             kp, vp, geometry = k, v, (height, width, top, left, 0, 0)
         elif fp.padding == "mask":  # only a block's lanes overhang the image, never a dead row: pad what they reach
-            kp, vp = (F.pad(t, (min(left, XB), min(right, XB))) for t in (k, v))
-            geometry = (height, width, top, left, 0, min(left, XB))
+            xb = block_pixels()
+            kp, vp = (F.pad(t, (min(left, xb), min(right, xb))) for t in (k, v))
+            geometry = (height, width, top, left, 0, min(left, xb))
         else:
             kp, vp = fp.pad(k), fp.pad(v)
             geometry = (0, 0, top, left, top, left)

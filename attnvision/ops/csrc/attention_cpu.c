@@ -16,7 +16,7 @@
  * keeps y and one log-sum-exp per pixel; the backward recomputes the weights (as FlashAttention does), so neither
  * pass stores anything K-sized.
  *
- * Work is on blocks of XB = 16 pixels along x whose logits sit on the stack. Full stride-1 blocks run on explicit
+ * Work is on blocks of XB pixels along x (one float register, simd.h) whose logits sit on the stack. Full stride-1 blocks run on explicit
  * vectors with register tiles: OT offsets share each loaded query (logits, dp) and CT channels share each loaded
  * weight (aggregation, dq), so every accumulator has its own dependency chain. The last block of a row overlaps
  * the one before it instead of falling back to scalar lanes (the backward zeroes the overlapped lanes' weights).
@@ -31,9 +31,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define XB 16 /* pixels per block */
-#define OT 8  /* offsets per register tile */
-#define CT 8  /* channels per register tile */
+#include "simd.h"
+
+#define XB (VBYTES / 4) /* pixels per block: one float register */
+#define OT 8            /* offsets per register tile */
+#define CT 8            /* channels per register tile */
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 #define INLINE static inline __attribute__((always_inline))
@@ -96,25 +98,25 @@ static void all_offsets(const geom *g, offsets *all, const int64_t *shifts) {
 /* In-place exp of XB float lanes. libm's expf is scalar and took half the kernel's time: 2^(x log2 e) = 2^n P(f),
  * n = round(t) through the 1.5*2^23 trick, |f| <= 1/2, Cephes' degree-6 polynomial for 2^f (relative error ~1e-7),
  * and lanes below -87 (masked, -inf) set to exactly 0. Double (tests) keeps libm. */
-typedef float v16f __attribute__((vector_size(64), aligned(4)));
-typedef int32_t v16i __attribute__((vector_size(64), aligned(4)));
+typedef float vxf __attribute__((vector_size(XB * 4), aligned(4)));
+typedef int32_t vxi __attribute__((vector_size(XB * 4), aligned(4)));
 
 static inline void exp_block_f32(float *lanes) {
-    const v16f x = *(v16f *)lanes, lo = (v16f){0} - 87.0f;
-    const v16i dead = x < lo;
-    const v16f xc = (v16f)(((v16i)x & ~dead) | ((v16i)lo & dead));
-    const v16f t = xc * 1.44269504088896341f;
-    const v16f n = (t + 12582912.0f) - 12582912.0f;
-    const v16f f = t - n;
-    v16f p = (v16f){0} + 1.535336188319500e-4f;
+    const vxf x = *(vxf *)lanes, lo = (vxf){0} - 87.0f;
+    const vxi dead = x < lo;
+    const vxf xc = (vxf)(((vxi)x & ~dead) | ((vxi)lo & dead));
+    const vxf t = xc * 1.44269504088896341f;
+    const vxf n = (t + 12582912.0f) - 12582912.0f;
+    const vxf f = t - n;
+    vxf p = (vxf){0} + 1.535336188319500e-4f;
     p = p * f + 1.339887440266574e-3f;
     p = p * f + 9.618437357674640e-3f;
     p = p * f + 5.550332471162809e-2f;
     p = p * f + 2.402264791363012e-1f;
     p = p * f + 6.931472028550421e-1f;
     p = p * f + 1.0f;
-    const v16i bits = (v16i)p + (__builtin_convertvector(n, v16i) << 23);
-    *(v16f *)lanes = (v16f)(bits & ~dead);
+    const vxi bits = (vxi)p + (__builtin_convertvector(n, vxi) << 23);
+    *(vxf *)lanes = (vxf)(bits & ~dead);
 }
 
 static inline void exp_block_f64(double *lanes) {
@@ -123,12 +125,12 @@ static inline void exp_block_f64(double *lanes) {
 
 /* log of XB float lanes >= 1 (softmax denominators): x = 2^e m, m in [1, 2), log m = 2 atanh((m - 1) / (m + 1)) by
  * its odd series to t^11 (relative error < 1e-7 for t <= 1/3). */
-static inline v16f log_block_f32(v16f x) {
-    const v16i bits = (v16i)x;
-    const v16f e = __builtin_convertvector((bits >> 23) - 127, v16f);
-    const v16f m = (v16f)((bits & 0x7fffff) | 0x3f800000);
-    const v16f t = (m - 1.0f) / (m + 1.0f), t2 = t * t;
-    v16f p = (v16f){0} + 1.0f / 11;
+static inline vxf log_block_f32(vxf x) {
+    const vxi bits = (vxi)x;
+    const vxf e = __builtin_convertvector((bits >> 23) - 127, vxf);
+    const vxf m = (vxf)((bits & 0x7fffff) | 0x3f800000);
+    const vxf t = (m - 1.0f) / (m + 1.0f), t2 = t * t;
+    vxf p = (vxf){0} + 1.0f / 11;
     p = p * t2 + 1.0f / 9;
     p = p * t2 + 1.0f / 7;
     p = p * t2 + 1.0f / 5;
@@ -137,9 +139,9 @@ static inline v16f log_block_f32(v16f x) {
     return e * 0.693147180559945309f + 2.0f * t * p;
 }
 
-typedef double v16d __attribute__((vector_size(128), aligned(8)));
+typedef double vxd __attribute__((vector_size(XB * 8), aligned(8)));
 
-static inline v16d log_block_f64(v16d x) {
+static inline vxd log_block_f64(vxd x) {
     for (int i = 0; i < XB; i++) x[i] = log(x[i]);
     return x;
 }
@@ -159,3 +161,5 @@ static inline v16d log_block_f64(v16d x) {
 #define EXP exp
 #define LOG log
 #include "attention_impl.h"
+
+int vector_bytes(void) { return VBYTES; }

@@ -6,9 +6,11 @@
  *   dot_moments    : sums[n] = (sum l, sum l^2) over the plane's pairs
  *   dot_moments_bwd: w = coef[n,0] + coef[n,1] * l per pair; dq[n,:,i] = sum_j w kp[n,:,j], dkp[n,:,j] += w q[n,:,i]
  *
- * Rows run on 64-byte vectors; the last one of a row overlaps the one before it, and the lanes it shares count
+ * Rows run on vectors of one register (simd.h); the last one of a row overlaps the one before it, and the lanes it shares count
  * once (a lane mask); rows narrower than a vector run on scalars (moments.py lays them out as one long row). */
 #include <stdint.h>
+
+#include "simd.h"
 
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)

@@ -1,8 +1,8 @@
 /* dot_moments and dot_moments_bwd for one element type, included by moments_cpu.c with T and SUF defined. */
 #define FN(name) CAT(name, SUF)
 #define V FN(mvec)
-#define VL ((int64_t)(64 / sizeof(T)))
-typedef T V __attribute__((vector_size(64), aligned(sizeof(T))));
+#define VL ((int64_t)(VBYTES / sizeof(T)))
+typedef T V __attribute__((vector_size(VBYTES), aligned(sizeof(T))));
 
 /* Lanes of the vector at x that the vectors before it in the row did not cover (all of them but in the last). */
 static inline V FN(fresh_lanes)(int64_t x, int64_t covered) {

@@ -9,7 +9,7 @@
  *   nbr_agg_t: out[n,d,py,px] = sum_{(o,y,x): nbr(y,x,o) = (py,px)} w[n,o,y,x] * u[n,d,y,x]
  *
  * Each output row is owned by one thread, so nbr_agg_t needs no atomics. For stride 1 the innermost work is on
- * explicit 64-byte vectors along x (GCC vector extensions; unaligned loads of the shifted neighbour rows). In
+ * explicit vectors of one register (simd.h) along x (GCC vector extensions; unaligned loads of the shifted neighbour rows). In
  * nbr_dot and nbr_agg a row's last vector overlaps the one before it (the shared lanes are computed twice, alike),
  * so only rows narrower than a vector and strided footprints take their scalar loop; nbr_agg_t scalar-loops a row's
  * tail (an overlapping vector there would add into lanes stored just before, which stalls store forwarding). The
@@ -17,6 +17,8 @@
  */
 #include <stdint.h>
 #include <string.h>
+
+#include "simd.h"
 
 #define TILE 8 /* channels per register tile (nbr_agg_tg) */
 
@@ -26,8 +28,8 @@ static inline void fill_shifts(int64_t *shift, int64_t kh, int64_t kw, int64_t d
 }
 
 #define DEFINE_KERNELS(T, SUFFIX)                                                                                  \
-typedef T vec_##SUFFIX __attribute__((vector_size(64), aligned(sizeof(T)))); /* unaligned 64-byte vector */        \
-enum { VL_##SUFFIX = 64 / sizeof(T) };                                                                             \
+typedef T vec_##SUFFIX __attribute__((vector_size(VBYTES), aligned(sizeof(T)))); /* unaligned, one register */    \
+enum { VL_##SUFFIX = VBYTES / sizeof(T) };                                                                         \
                                                                                                                    \
 void nbr_dot_##SUFFIX(const T *restrict q, const T *restrict kp, T *restrict out, int64_t N, int64_t D,            \
                       int64_t Ho, int64_t Wo, int64_t Hp, int64_t Wp, int64_t kh, int64_t kw, int64_t s,           \
