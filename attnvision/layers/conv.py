@@ -9,15 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnvision.ops import cpu
+
 __all__ = ["ConvSpatial", "split_projection"]
 
 
 def split_projection(conv: nn.Conv2d, x: torch.Tensor, parts: int = 1) -> List[torch.Tensor]:
-    """``conv(x).chunk(parts, 1)`` for a bias-free 1×1 projection. On CPU with an NCHW input it runs as convs of at
-    most 64 output channels: oneDNN's NCHW 1×1 conv took 3-4× longer for 128-192 outputs than the same outputs in
-    64-channel pieces (scripts/bench_ops.py's layers), and each part comes out contiguous, as the fused kernels read
-    it. Channels-last inputs (the trainer's) and other devices take the one conv."""
-    if x.device.type != "cpu" or not x.is_contiguous() or conv.bias is not None:
+    """``conv(x).chunk(parts, 1)`` for a bias-free 1×1 projection. On an AVX-512 CPU with an NCHW input it runs as
+    convs of at most 64 output channels: there oneDNN's NCHW 1×1 conv took 3-4× longer for 128-192 outputs than the
+    same outputs in 64-channel pieces (scripts/bench_ops.py's layers), and each part comes out contiguous, as the
+    fused kernels read it. On an AVX2 CPU the pieces were slower (ad hoc, fwd+bwd, 64 × 128 × 32² to 384 channels:
+    615 against 397 ms), so there, as for channels-last inputs (the trainer's) and other devices, it is one conv."""
+    if x.device.type != "cpu" or not x.is_contiguous() or conv.bias is not None or cpu.vector_bytes() < 64:
         return list(conv(x).chunk(parts, 1))
     outputs = []
     for weight in conv.weight.chunk(parts, 0):
