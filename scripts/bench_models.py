@@ -5,7 +5,8 @@
     python scripts/bench_models.py --models av_resnet26 san10_patchwise --image-size 224 --batch 8 --device cuda
 
 A training step = forward, label-smoothed cross-entropy, backward and an SGD update, as the trainer runs it (bf16
-autocast where the machine has native bfloat16, else fp32, and channels-last, by default); an eval step = a forward under no_grad in eval mode, as evaluation runs it.
+autocast where the machine has native bfloat16, else fp32, and channels-last, by default); an eval step = a forward
+under no_grad in eval mode, as evaluation runs it.
 Inputs of 64 px or less use each model's small-image variant (``small_stem=True``), as the trainer does for digits
 and CIFAR. Steps are timed with torch.utils.benchmark after warm-up steps, in ``--rounds`` rounds that each time
 every model in turn (so a slow spell of a shared machine hits all of them); the table gives the median over rounds,

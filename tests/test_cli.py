@@ -18,6 +18,8 @@ from conftest import ROOT, run_cli
     (["model.relation=cosine"], ["relation='cosine'", "concatenation, star, clique"]),
     (["model=sasa_resnet", "model.stem=foo"], ["model.stem='foo'", "conv, attention"]),
     (["model=sasa_resnet", "model.heads=3"], ["heads=3"]),
+    (["model=hybrid", "model.weights=se", "model.footprint=axial"], ["weights=se", "footprint=axial"]),
+    (["model=hybrid", "model.footprint=ring"], ["footprint='ring'", "square, dilated, axial, global"]),
 ])
 def test_bad_values_give_one_line(tmp_path, args, must_name):
     proc = run_cli("train.py", *args, f"paths.log_dir={tmp_path}", "trainer.epochs=1")

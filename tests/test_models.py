@@ -99,5 +99,5 @@ def test_conv_spatial_macs_formula_matches_flop_counter(stride, kernel, heads):
 def test_unknown_names_give_one_line_errors():
     with pytest.raises(ConfigError, match=r"model.depth=27 .* 26, 38, 50, test"):
         model_name("resnet", 27)
-    with pytest.raises(ValueError, match=r"spatial_layer='nope' .* \['axial', 'conv', 'local_relation'"):
+    with pytest.raises(ValueError, match=r"spatial_layer='nope' .* \['axial', 'conv', 'hybrid', 'local_relation'"):
         get_spatial_layer("nope")

@@ -272,7 +272,7 @@ def _bad_inputs(tmp):
         ([*train_args, "trainer.ema_decay=2"], "trainer.ema_decay=2 must be a number >= 0 and < 1"),
         ([*train_args, "trainer.device=tpu"], "trainer.device='tpu' is unknown; choose one of auto, cpu, cuda"),
         ([*train_args, f"trainer.resume={tmp / 'missing.pt'}"], f"trainer.resume={tmp / 'missing.pt'} does not exist"),
-        ([*train_args, f"trainer.resume={text}"], f"trainer.resume={text} is not a readable attnvision checkpoint"),
+        ([*train_args, f"trainer.resume={text}"], f"trainer.resume={text} is not a readable checkpoint"),
         (["train.py", *CLI_TINY, f"paths.log_dir={blocked}"], f"paths.log_dir: cannot write to {blocked / 'rows'}"),
         (["count_flops.py", "model=resnet", "data.image_size=0"], "data.image_size=0 must be a positive integer"),
         (["count_flops.py", "model=resnet", "format=xml"], "format='xml' is unknown; choose one of table, json"),

@@ -4,13 +4,15 @@ import random
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 
 from attnvision.errors import ConfigError
+from attnvision.models import official_filter_fn
 from attnvision.results.rows import atomic_write_bytes
 
-__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state",
-           "remove_stale_temporaries"]
+__all__ = ["save_checkpoint", "read_saved", "load_checkpoint", "convert_official", "read_official",
+           "capture_rng_state", "restore_rng_state", "remove_stale_temporaries"]
 
 
 def save_checkpoint(path, state: dict) -> Path:
@@ -20,21 +22,47 @@ def save_checkpoint(path, state: dict) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path, map_location="cpu", key: str = "checkpoint") -> dict:
-    """The checkpoint at ``path``, loaded weights-only (no code runs); a missing, truncated, foreign or malicious file
-    is a one-line ConfigError that names ``key=path``."""
+def read_saved(path, map_location="cpu", key: str = "checkpoint") -> dict:
+    """The dict ``torch.save`` wrote at ``path``, loaded weights-only (no code runs); a missing, truncated, foreign
+    or malicious file is a one-line ConfigError that names ``key=path``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{key}={path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        saved = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch.load raises KeyError, RuntimeError, UnpicklingError... for files it can't read
         reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{key}={path} is not a readable attnvision checkpoint (truncated, corrupt or not written "
-                          f"by torch.save: {reason})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ConfigError(f"{key}={path} is not a readable checkpoint (truncated, corrupt or not written by "
+                          f"torch.save: {reason})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{key}={path} holds a {type(saved).__name__}, not a checkpoint's dict")
+    return saved
+
+
+def load_checkpoint(path, map_location="cpu", key: str = "checkpoint") -> dict:
+    """The attnvision checkpoint at ``path`` (``read_saved``), which must hold 'model' weights."""
+    ckpt = read_saved(path, map_location, key)
+    if "model" not in ckpt:
         raise ConfigError(f"{key}={path} holds no attnvision checkpoint (no 'model' weights in it)")
     return ckpt
+
+
+def convert_official(arch: str, src, out) -> Path:
+    """The authors' released weights of timm model ``arch`` (1000 classes) at ``src``, written once to ``out`` as an
+    attnvision checkpoint: ``evaluate.py checkpoint=OUT`` reads it, and so does timm (``pretrained=True`` with
+    ``pretrained_cfg_overlay=dict(file=OUT)``), whose loader takes its ``model`` entry."""
+    filter_fn = official_filter_fn(arch)
+    state = read_official(filter_fn, src, timm.create_model(arch), "--src")
+    return save_checkpoint(out, {"model": state, "model_name": arch, "converted_from": str(src)})
+
+
+def read_official(filter_fn, path, model, key: str) -> dict:
+    """The authors' file at ``path`` through ``filter_fn`` into ``model``'s state_dict; errors name ``key=path``."""
+    saved = read_saved(path, key=key)
+    try:
+        return filter_fn(saved, model)
+    except ConfigError as err:
+        raise ConfigError(f"{key}={path}: {err}") from None
 
 
 def remove_stale_temporaries(folder) -> list:

@@ -7,18 +7,19 @@ from typing import Callable, Union
 
 from .axial import AxialAttention, AxialSpatial
 from .conv import ConvSpatial
+from .hybrid import HybridSpatial
 from .local_relation import LocalRelation
 from .ps_attention import PSAttention
 from .san import SANPairwise, SANPatchwise
 from .sasa import SASAttention
 from .sasa_stem import SASAStem
 
-__all__ = ["AxialAttention", "AxialSpatial", "ConvSpatial", "LocalRelation", "PSAttention", "SANPairwise",
+__all__ = ["AxialAttention", "AxialSpatial", "ConvSpatial", "HybridSpatial", "LocalRelation", "PSAttention", "SANPairwise",
            "SANPatchwise", "SASAttention", "SASAStem", "get_spatial_layer", "register_spatial_layer", "SPATIAL_LAYERS"]
 
 SPATIAL_LAYERS: dict = {"conv": ConvSpatial, "san_pairwise": SANPairwise, "san_patchwise": SANPatchwise,
                         "sasa": SASAttention, "local_relation": LocalRelation,
-                        "axial": AxialSpatial, "ps_attention": PSAttention}
+                        "axial": AxialSpatial, "ps_attention": PSAttention, "hybrid": HybridSpatial}
 
 
 def register_spatial_layer(name: str, layer_cls: Callable) -> Callable:

@@ -46,7 +46,9 @@ __all__ = ["AxialAttention", "AxialSpatial", "STRIDE_MODES"]
 STRIDE_MODES = ("pool", "axis")
 # A global layer shorter than this trains faster on its dense L × L matmuls than folded (the fold's moments pass
 # and fused kernel pay off on long axes): fwd+bwd on CPU (AMD EPYC, 2 threads), folded / dense: L=56 0.24,
-# L=28 1.0, L=14 1.7, L=8 2.3, L=4 2.6.
+# L=28 1.0, L=14 1.7, L=8 2.3, L=4 2.6 with AVX-512; with AVX2 (axial26s' own layers) L=56 0.21-0.47, L=32
+# 0.27-0.61, L=28 0.9-1.2, L=16 1.1-1.5, L=14 1.1-1.25, L=8 1.1-1.4, and whole axial26s training steps with this
+# limit at 0, 16 or 32 within the machine's noise of each other.
 DENSE_TRAINING_BELOW = 32
 
 

@@ -3,7 +3,7 @@
 Status: a plain ``nn.Conv2d`` without bias, stride on the k×k conv as in ResNet v1.5 (torchvision/timm), which is
 the baseline the attention papers compare against. Border semantics: zero padding of k // 2.
 """
-from typing import List
+from typing import List, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +36,12 @@ class ConvSpatial(nn.Conv2d):
     sweep over heads on a conv baseline turns it into a grouped conv rather than failing.
     """
 
-    def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 3, num_heads: int = 1,
-                 dilation: int = 1):
-        super().__init__(dim, dim_out, kernel_size, stride=stride, padding=dilation * (kernel_size // 2),
-                         dilation=dilation, groups=num_heads, bias=False)
+    def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: Union[int, Tuple[int, int]] = 3,
+                 num_heads: int = 1, dilation: int = 1):
+        kernel_size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        padding = tuple(dilation * (k // 2) for k in kernel_size)
+        super().__init__(dim, dim_out, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         groups=num_heads, bias=False)
 
     def macs(self, out_hw: tuple) -> int:
         """Multiply-adds for an output of spatial size ``out_hw`` (batch 1)."""

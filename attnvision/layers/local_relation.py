@@ -57,12 +57,13 @@ class LocalRelation(nn.Module):
 
     Widths (C = ``dim``, G = ``num_heads`` or C / ``channels_per_group``): query, key: C → G (1×1, bias);
     geometry prior: 2 → G/2 → G (1×1 convs with bias) or a learned G × k² table; output: C → ``dim_out`` (1×1, no
-    bias).
+    bias). ``kernel_size`` may be a (kh, kw) pair and ``dilation`` spreads the window (the paper: square,
+    dilation 1; ``layers/hybrid.py`` uses both); the geometry prior then sees offsets over the radius in pixels.
     """
 
     def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 7, num_heads: Optional[int] = None,
                  channels_per_group: int = 8, composability: str = "squared_difference", geometry_prior: str = "mlp",
-                 padding: str = "mask", impl: Optional[str] = None):
+                 padding: str = "mask", impl: Optional[str] = None, dilation: int = 1):
         super().__init__()
         check_choice("composability", composability, COMPOSABILITIES)
         check_choice("geometry_prior", geometry_prior, GEOMETRY_PRIORS)
@@ -71,7 +72,7 @@ class LocalRelation(nn.Module):
             raise ConfigError(f"{dim} channels do not split into {groups} groups (heads={num_heads}, "
                               f"channels_per_group={channels_per_group})")
         self.groups, self.composability, self.impl = groups, composability, impl
-        self.footprint = Footprint(kernel_size, stride, 1, padding)
+        self.footprint = Footprint(kernel_size, stride, dilation, padding)
         if composability != "none":
             self.query = nn.Conv2d(dim, groups, 1)
             self.key = nn.Conv2d(dim, groups, 1)
@@ -96,8 +97,8 @@ class LocalRelation(nn.Module):
         """G × K prior g(p - p') for every group and window offset."""
         if isinstance(self.geometry, nn.Parameter):
             return self.geometry
-        kh, kw = self.footprint.kernel_size
-        radius = torch.tensor([max(kh // 2, 1), max(kw // 2, 1)], device=self.geometry[0].weight.device)
+        (kh, kw), dil = self.footprint.kernel_size, self.footprint.dilation
+        radius = torch.tensor([max(dil * (kh // 2), 1), max(dil * (kw // 2), 1)], device=self.geometry[0].weight.device)
         offsets = self.footprint.offsets(radius.device) / radius  # K, 2 in [-1, 1]
         prior = self.geometry(offsets.t().to(self.geometry[0].weight.dtype)[None, :, :, None])  # 1, G, K, 1
         return prior.view(self.groups, -1)

@@ -178,13 +178,15 @@ class PSAttention(PositionSensitiveAttention):
     """k×k position-sensitive attention, a spatial layer of the ResNet skeleton (``spatial_layer='ps_attention'``).
 
     Widths: q, k, v: C → C_out each, as SASA; per term a row table (widths[t]/2 × k) and a column table
-    (widths[t]/2 × k), the embedding of offset (a, b) being [rows[:, a]; cols[:, b]].
+    (widths[t]/2 × k), the embedding of offset (a, b) being [rows[:, a]; cols[:, b]]. ``kernel_size`` may be a
+    (kh, kw) pair and ``dilation`` spreads the window (Table 1: square, dilation 1; ``layers/hybrid.py`` uses both).
     """
 
     def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 7, num_heads: int = 8,
-                 position_terms: Sequence[str] = POSITION_TERMS, padding: str = "mask", impl: Optional[str] = None):
+                 position_terms: Sequence[str] = POSITION_TERMS, padding: str = "mask", impl: Optional[str] = None,
+                 dilation: int = 1):
         super().__init__(dim, dim_out, num_heads, 1.0, position_terms, impl)
-        self.footprint = Footprint(kernel_size, 1, 1, padding)
+        self.footprint = Footprint(kernel_size, 1, dilation, padding)
         kh, kw = self.footprint.kernel_size
         self.halves = halves = [self.widths[t] // 2 for t in self.terms]
         self.rel_rows = nn.Parameter(torch.randn(sum(halves), kh) * self.head_dim ** -0.5) if halves else None

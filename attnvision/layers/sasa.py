@@ -76,12 +76,13 @@ class SASAttention(nn.Module):
 
     Widths: q, k, v: C → C_out (1×1, no bias; no k with ``logits='qr'``); C_out / ``num_heads`` channels per head,
     even with relative embeddings (row half, column half). Parameters: 3·C·C_out (2·C·C_out for ``qr``) plus
-    C_out/heads·k for the relative tables; independent of k apart from those.
+    C_out/heads·k for the relative tables; independent of k apart from those. ``kernel_size`` may be a (kh, kw)
+    pair and ``dilation`` spreads the window (the paper: square, dilation 1; ``layers/hybrid.py`` uses both).
     """
 
     def __init__(self, dim: int, dim_out: int, stride: int = 1, kernel_size: int = 7, num_heads: int = 8,
                  positional_encoding: str = "relative", logits: str = "qk_qr", padding: str = "mask",
-                 impl: Optional[str] = None):
+                 impl: Optional[str] = None, dilation: int = 1):
         super().__init__()
         check_choice("positional_encoding", positional_encoding, POSITIONAL_ENCODINGS)
         check_choice("logits", logits, LOGITS)
@@ -95,7 +96,7 @@ class SASAttention(nn.Module):
             raise ConfigError(f"positional_encoding='absolute' needs input channels divisible by 4, got {dim}")
         self.num_heads, self.head_dim = num_heads, head_dim
         self.positional_encoding, self.logits = positional_encoding, logits
-        self.footprint = Footprint(kernel_size, 1, 1, padding)
+        self.footprint = Footprint(kernel_size, 1, dilation, padding)
         self.impl = impl
         self.num_projections = 3 if logits == "qk_qr" else 2
         self.qkv = nn.Conv2d(dim, self.num_projections * dim_out, 1, bias=False)

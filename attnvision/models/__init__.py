@@ -1,4 +1,5 @@
 """Model families. Importing this package registers every model with timm."""
+import re
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -6,9 +7,9 @@ import timm
 from torch import nn
 
 from attnvision.errors import ConfigError, is_int
-from . import axial, lrnet, ps_resnet, resnet, san, sasa
+from . import axial, hybrid, lrnet, ps_resnet, resnet, san, sasa
 
-__all__ = ["FAMILIES", "Family", "check_kernel_sizes", "create_model", "model_name"]
+__all__ = ["FAMILIES", "Family", "check_kernel_sizes", "create_model", "model_name", "official_filter_fn"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,24 @@ FAMILIES: dict = {
     "lrnet": Family({26: "lrnet26{stem}", 50: "lrnet50{stem}", "test": "test_lrnet{stem}"},
                     {"stem": {"relation": "", "conv": "_conv_stem"}}),
     "ps_resnet": Family({26: "ps_resnet26", 38: "ps_resnet38", 50: "ps_resnet50", "test": "test_ps_resnet"}),
+    "hybrid": Family({26: "hybrid_resnet26", 38: "hybrid_resnet38", 50: "hybrid_resnet50", "test": "test_hybrid_resnet"}),
     "axial_resnet": Family({26: "axial26{width}{stem}", 50: "axial50{width}{stem}", "test": "test_axial_resnet{stem}"},
                            {"width": {"s": "s", "m": "m", "l": "l"}, "stem": {"conv": "", "axial": "_full"}}),
 }
+
+
+# the architectures whose authors released ImageNet weights (models.official): SAN's six, Axial-ResNet's conv-stem ones
+OFFICIAL_WEIGHTS = {r"san(10|15|19)_(pairwise|patchwise)": san.checkpoint_filter_fn,
+                    r"axial(26|50)[sml]": axial.checkpoint_filter_fn}
+
+
+def official_filter_fn(arch: str):
+    """The ``checkpoint_filter_fn`` that reads the authors' released weights of timm model ``arch``."""
+    for pattern, filter_fn in OFFICIAL_WEIGHTS.items():
+        if re.fullmatch(pattern, arch):
+            return filter_fn
+    raise ConfigError(f"the model builds {arch}, for which no official weights exist; they exist for SAN "
+                      f"(san10|15|19_pairwise|patchwise) and conv-stem Axial-ResNets (axial26|50 s|m|l)")
 
 
 def _allowed(values) -> str:

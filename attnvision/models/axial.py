@@ -24,6 +24,7 @@ max-pool, so 32×32 inputs give stages at 32/16/8/4.
 from functools import partial
 from typing import Callable, Optional, Sequence
 
+import torch
 from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
@@ -32,9 +33,10 @@ from attnvision.layers.axial import AxialSpatial
 from attnvision.layers.ps_attention import POSITION_TERMS
 
 from .base import imagenet_cfg
+from .official import convert_state_dict, official_state_dict, rename
 from .resnet import Bottleneck, ResNet
 
-__all__ = ["axial_resnet", "axial_stem"]
+__all__ = ["axial_resnet", "axial_stem", "checkpoint_filter_fn"]
 
 DEPTHS = {26: (1, 2, 4, 1), 50: (3, 4, 6, 3)}
 WIDTHS = {"s": 0.5, "m": 0.75, "l": 1.0}
@@ -53,6 +55,48 @@ def axial_stem(in_chans: int, stem_width: int, small_stem: bool, norm_layer: Cal
     return nn.Sequential(*blocks, nn.Identity() if small_stem else nn.MaxPool2d(3, stride=2, padding=1))
 
 
+BLOCK_NAMES = {"conv_down": "conv1", "bn1": "bn1", "hight_block": "conv2.0", "width_block": "conv2.2",
+               "conv_up": "conv3", "bn2": "bn3", "downsample": "downsample"}
+ATTENTION_NAMES = {"qkv_transform": "qkv", "bn_qkv": "bn_qkv", "bn_similarity": "bn_logits", "bn_output": "bn_output"}
+
+
+def checkpoint_filter_fn(state_dict: dict, model: ResNet) -> dict:
+    """The authors' state_dict (csrhddlam/axial-deeplab ``lib/models/axialnet.py``) in our keys and layouts; ours
+    passes through.
+
+    Keys: their stem ``conv1``/``bn1``, stage i's blocks ``layer{i+1}.{j}`` with ``conv_down``, ``bn1``,
+    ``hight_block``, ``width_block``, ``conv_up``, ``bn2`` (our bn3) and ``downsample``; an attention layer's
+    ``qkv_transform`` (a Conv1d), ``bn_qkv``, ``bn_similarity`` (our ``bn_logits``, the same [qk, qr, kr] × heads
+    order), ``bn_output`` and ``relative``. Layouts that differ: the projection gains our Conv2d's trailing 1;
+    their output BN's channels interleave [sum w v_c, sum w r^v_c] per channel where ours has all of one then all of
+    the other; their relative table is read at o - p for r^q and r^v (ours at p - o), so those rows are mirrored
+    (r^k is read at p - o by both). Their ``flatten_index`` buffer is the table's index, which ours computes."""
+    state_dict = official_state_dict(state_dict)
+    if "stem.0.weight" in state_dict:
+        return state_dict
+    attention = "|".join(ATTENTION_NAMES)
+    rules = [(rf"layer(\d)\.(\d+)\.(hight_block|width_block)\.({attention})\.(.+)",
+              lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.{BLOCK_NAMES[m[3]]}.{ATTENTION_NAMES[m[4]]}.{m[5]}"),
+             (r"layer(\d)\.(\d+)\.(hight_block|width_block)\.relative",
+              lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.{BLOCK_NAMES[m[3]]}.relative"),
+             (r"layer(\d)\.(\d+)\.(conv_down|bn1|conv_up|bn2|downsample)\.(.+)",
+              lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.{BLOCK_NAMES[m[3]]}.{m[4]}"),
+             (r"conv1\.(.+)", r"stem.0.\1"), (r"bn1\.(.+)", r"stem.1.\1"), (r"fc\.(.+)", r"head.fc.\1")]
+
+    def layout(key: str, value):
+        if key.endswith(".qkv.weight"):
+            return value.unsqueeze(-1)  # Conv1d -> Conv2d
+        if ".bn_output." in key and value.dim() == 1:
+            return value.view(-1, 2).t().reshape(-1)  # [v_0, r_0, v_1, r_1, ...] -> [v_0, v_1, ..., r_0, r_1, ...]
+        if key.endswith(".relative"):
+            layer = model.get_submodule(key.rsplit(".", 1)[0])
+            rows = value.split([layer.widths[t] for t in layer.terms])
+            return torch.cat([r.flip(-1) if t in ("q", "v") else r for t, r in zip(layer.terms, rows)])
+        return value
+
+    return convert_state_dict(state_dict, model, lambda key: rename(key, rules), layout, derived=("flatten_index",))
+
+
 def axial_resnet(variant: str, pretrained: bool = False, width: float = 0.5, stem: str = "conv", heads: int = 8,
                  span: Optional[int] = None, position_terms: Sequence[str] = POSITION_TERMS,
                  table_span: Optional[int] = None, stride_mode: str = "pool", img_size: int = 224,
@@ -68,7 +112,8 @@ def axial_resnet(variant: str, pretrained: bool = False, width: float = 0.5, ste
         kwargs["stem_layer"] = partial(axial_stem, spatial_layer=partial(AxialSpatial, **attention),
                                        img_size=img_size)
     kwargs.setdefault("stem_width", int(64 * width))
-    return build_model_with_cfg(ResNet, variant, pretrained, spatial_layer="axial", spatial_kwargs=attention,
+    return build_model_with_cfg(ResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                spatial_layer="axial", spatial_kwargs=attention,
                                 expansion=2, img_size=img_size, **kwargs)
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
-from timm.layers import ClassifierHead, DropPath, make_divisible
+from timm.layers import ClassifierHead, DropPath, SEModule, make_divisible
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from attnvision.errors import ConfigError
@@ -35,7 +35,8 @@ class Bottleneck(nn.Module):
     """
 
     def __init__(self, in_chs: int, planes: int, out_chs: int, stride: int = 1, spatial_layer: Callable = None,
-                 norm_layer: Callable = nn.BatchNorm2d, act_layer: Callable = nn.ReLU, drop_path: float = 0.):
+                 norm_layer: Callable = nn.BatchNorm2d, act_layer: Callable = nn.ReLU, drop_path: float = 0.,
+                 se: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False)
         self.bn1 = norm_layer(planes)
@@ -46,6 +47,7 @@ class Bottleneck(nn.Module):
         self.act2 = act_layer(inplace=True)
         self.conv3 = nn.Conv2d(planes, out_chs, 1, bias=False)
         self.bn3 = norm_layer(out_chs)
+        self.se = SEModule(out_chs) if se else nn.Identity()  # SE-ResNet (Hu et al., CVPR 2018): before the sum
         self.downsample = nn.Identity()
         if stride != 1 or in_chs != out_chs:
             self.downsample = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False),
@@ -60,7 +62,7 @@ class Bottleneck(nn.Module):
         shortcut = self.downsample(x)
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.conv2(x)))
-        x = self.bn3(self.conv3(x))
+        x = self.se(self.bn3(self.conv3(x)))
         return self.act3(self.drop_path(x) + shortcut)
 
 
@@ -91,6 +93,8 @@ class ResNet(StagedClassifier):
         stem_layer: builds the stem, with ``make_stem``'s signature (the attention families swap in theirs).
         small_stem: 3×3/1 stem without max-pool for 32×32 inputs.
         expansion: the bottleneck expansion α, output over inner width (LR-Net and Axial-ResNet change it).
+        se: a Squeeze-and-Excitation module (timm's, reduction 16) on every block's residual branch before the sum
+            (SE-ResNet, Hu et al., CVPR 2018).
         img_size: when set, every spatial layer also gets ``input_size``, the side of its input at this image size
             (layers that size position tables from the resolution, such as global axial attention, need it).
     """
@@ -101,7 +105,7 @@ class ResNet(StagedClassifier):
                  small_stem: bool = False, expansion: float = 4., img_size: Optional[int] = None,
                  num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.,
                  drop_path_rate: float = 0., zero_init_last: bool = True, norm_layer: Callable = nn.BatchNorm2d,
-                 act_layer: Callable = nn.ReLU):
+                 act_layer: Callable = nn.ReLU, se: bool = False):
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers={tuple(layers)} and widths={tuple(widths)} must have the same length")
@@ -132,7 +136,7 @@ class ResNet(StagedClassifier):
                     layer = partial(stage_layer, input_size=img_size // (reduction // (stride if i == 0 else 1)))
                 blocks.append(Bottleneck(in_chs, planes, out_chs, stride if i == 0 else 1,
                                          spatial_layer=layer, norm_layer=norm_layer, act_layer=act_layer,
-                                         drop_path=drop_path_rates[block_idx]))
+                                         drop_path=drop_path_rates[block_idx], se=se))
                 in_chs = out_chs
                 block_idx += 1
             stages.append(nn.Sequential(*blocks))

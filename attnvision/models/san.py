@@ -32,8 +32,9 @@ from attnvision.errors import ConfigError
 from attnvision.layers.san import SANPairwise, SANPatchwise
 
 from .base import StagedClassifier, imagenet_cfg
+from .official import convert_state_dict, official_state_dict, rename
 
-__all__ = ["SANBlock", "SAN"]
+__all__ = ["SANBlock", "SAN", "checkpoint_filter_fn"]
 
 ATTENTIONS = {"pairwise": SANPairwise, "patchwise": SANPatchwise}
 
@@ -123,8 +124,31 @@ class SAN(StagedClassifier):
                     m.zero_init_last()
 
 
+SAM_NAMES = {"conv1": "phi", "conv2": "psi", "conv3": "beta", "conv_p": "position", "conv_w": "gamma"}
+
+
+def checkpoint_filter_fn(state_dict: dict, model: SAN) -> dict:
+    """The official code's state_dict (hszhao/SAN ``model/san.py``) in our keys; ours passes through.
+
+    Theirs names the stem ``conv_in``/``bn_in``, stage i's transition ``conv{i}``, its blocks ``layer{i}.{j}`` and
+    its closing BN ``bn{i}`` (registered before the blocks); a block's SAM has ``conv1``/``conv2``/``conv3`` (φ, ψ,
+    β), ``conv_p`` (the position map) and ``conv_w`` (γ, the same Sequential as ours). Every layout is ours."""
+    state_dict = official_state_dict(state_dict)
+    if "stem.0.weight" in state_dict:
+        return state_dict
+    rules = [(r"layer(\d)\.(\d+)\.sam\.(conv[123]|conv_p|conv_w)\.(.+)",
+              lambda m: f"stages.{m[1]}.{int(m[2]) + 2}.attn.{SAM_NAMES[m[3]]}.{m[4]}"),
+             (r"layer(\d)\.(\d+)\.(bn1|bn2|conv)\.(.+)", lambda m: f"stages.{m[1]}.{int(m[2]) + 2}.{m[3]}.{m[4]}"),
+             (r"conv_in\.(.+)", r"stem.0.\1"), (r"bn_in\.(.+)", r"stem.1.\1"),
+             (r"conv(\d)\.(.+)", r"stages.\1.1.\2"),
+             (r"bn(\d)\.(.+)", lambda m: f"stages.{m[1]}.{len(model.stages[int(m[1])]) - 2}.{m[2]}"
+              if int(m[1]) < len(model.stages) else None),
+             (r"fc\.(.+)", r"head.fc.\1")]
+    return convert_state_dict(state_dict, model, lambda key: rename(key, rules))
+
+
 def _create_san(variant: str, pretrained: bool = False, **kwargs) -> SAN:
-    return build_model_with_cfg(SAN, variant, pretrained, **kwargs)
+    return build_model_with_cfg(SAN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
