@@ -51,13 +51,14 @@ def convert_official(arch: str, src, out) -> Path:
     """The authors' released weights of timm model ``arch`` (1000 classes) at ``src``, written once to ``out`` as an
     attnvision checkpoint: ``evaluate.py checkpoint=OUT`` reads it, and so does timm (``pretrained=True`` with
     ``pretrained_cfg_overlay=dict(file=OUT)``), whose loader takes its ``model`` entry."""
-    filter_fn = official_filter_fn(arch)
-    state = read_official(filter_fn, src, timm.create_model(arch), "--src")
+    state = read_official(arch, src, timm.create_model(arch), "--src")
     return save_checkpoint(out, {"model": state, "model_name": arch, "converted_from": str(src)})
 
 
-def read_official(filter_fn, path, model, key: str) -> dict:
-    """The authors' file at ``path`` through ``filter_fn`` into ``model``'s state_dict; errors name ``key=path``."""
+def read_official(arch: str, path, model, key: str) -> dict:
+    """The authors' file at ``path`` read into the state_dict of ``model``, timm model ``arch``, by that family's
+    ``checkpoint_filter_fn``; errors name ``key=path``."""
+    filter_fn = official_filter_fn(arch)
     saved = read_saved(path, key=key)
     try:
         return filter_fn(saved, model)

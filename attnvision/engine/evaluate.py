@@ -10,7 +10,6 @@ from torch import nn
 from attnvision.data import build_loaders
 from attnvision.errors import ConfigError, check_choice
 from attnvision.results import write_json_atomic
-from attnvision.models import official_filter_fn
 from .checkpoint import load_checkpoint, read_official
 from .trainer import build_model
 from .runtime import setup_runtime
@@ -33,7 +32,7 @@ def evaluate(cfg) -> dict:
             raise ConfigError(f"weights=ema but checkpoint={cfg.checkpoint} holds the authors' one set of weights; "
                               f"use weights=auto")
         path = str(cfg.checkpoint)[len(OFFICIAL):]
-        ckpt = {"official": read_official(official_filter_fn(arch), path, model, "checkpoint")}
+        ckpt = {"official": read_official(arch, path, model, "checkpoint")}
         weights = "official"
     else:
         ckpt = load_checkpoint(cfg.checkpoint)

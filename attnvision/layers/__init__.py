@@ -14,8 +14,9 @@ from .san import SANPairwise, SANPatchwise
 from .sasa import SASAttention
 from .sasa_stem import SASAStem
 
-__all__ = ["AxialAttention", "AxialSpatial", "ConvSpatial", "HybridSpatial", "LocalRelation", "PSAttention", "SANPairwise",
-           "SANPatchwise", "SASAttention", "SASAStem", "get_spatial_layer", "register_spatial_layer", "SPATIAL_LAYERS"]
+__all__ = ["AxialAttention", "AxialSpatial", "ConvSpatial", "HybridSpatial", "LocalRelation", "PSAttention",
+           "SANPairwise", "SANPatchwise", "SASAttention", "SASAStem", "get_spatial_layer", "register_spatial_layer",
+           "SPATIAL_LAYERS"]
 
 SPATIAL_LAYERS: dict = {"conv": ConvSpatial, "san_pairwise": SANPairwise, "san_patchwise": SANPatchwise,
                         "sasa": SASAttention, "local_relation": LocalRelation,

@@ -67,7 +67,7 @@ class HybridSpatial(nn.Sequential):
                 raise ConfigError(f"weights=se has only its own footprint, the pixel itself (its weights come from a "
                                   f"global pool) and maps C to C: use footprint=square kernel_size=1, not "
                                   f"footprint={footprint} kernel_size={kernel_size}")
-            super().__init__(SEModule(dim), _pool(stride))
+            super().__init__(WEIGHT_FUNCTIONS[weights](dim), _pool(stride))
             return
         options = {} if weights == "conv" else {"padding": padding}
         layer = partial(WEIGHT_FUNCTIONS[weights], **options, **({"num_heads": num_heads} if num_heads else {}))

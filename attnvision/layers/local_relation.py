@@ -98,7 +98,8 @@ class LocalRelation(nn.Module):
         if isinstance(self.geometry, nn.Parameter):
             return self.geometry
         (kh, kw), dil = self.footprint.kernel_size, self.footprint.dilation
-        radius = torch.tensor([max(dil * (kh // 2), 1), max(dil * (kw // 2), 1)], device=self.geometry[0].weight.device)
+        radius = torch.tensor([max(dil * (kh // 2), 1), max(dil * (kw // 2), 1)],
+                              device=self.geometry[0].weight.device)
         offsets = self.footprint.offsets(radius.device) / radius  # K, 2 in [-1, 1]
         prior = self.geometry(offsets.t().to(self.geometry[0].weight.dtype)[None, :, :, None])  # 1, G, K, 1
         return prior.view(self.groups, -1)

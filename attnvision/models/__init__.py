@@ -34,7 +34,7 @@ FAMILIES: dict = {
     "lrnet": Family({26: "lrnet26{stem}", 50: "lrnet50{stem}", "test": "test_lrnet{stem}"},
                     {"stem": {"relation": "", "conv": "_conv_stem"}}),
     "ps_resnet": Family({26: "ps_resnet26", 38: "ps_resnet38", 50: "ps_resnet50", "test": "test_ps_resnet"}),
-    "hybrid": Family({26: "hybrid_resnet26", 38: "hybrid_resnet38", 50: "hybrid_resnet50", "test": "test_hybrid_resnet"}),
+    "hybrid": Family({**{d: f"hybrid_resnet{d}" for d in (26, 38, 50)}, "test": "test_hybrid_resnet"}),
     "axial_resnet": Family({26: "axial26{width}{stem}", 50: "axial50{width}{stem}", "test": "test_axial_resnet{stem}"},
                            {"width": {"s": "s", "m": "m", "l": "l"}, "stem": {"conv": "", "axial": "_full"}}),
 }

@@ -33,7 +33,7 @@ from attnvision.layers.axial import AxialSpatial
 from attnvision.layers.ps_attention import POSITION_TERMS
 
 from .base import imagenet_cfg
-from .official import convert_state_dict, official_state_dict, rename
+from .official import convert_state_dict, rename
 from .resnet import Bottleneck, ResNet
 
 __all__ = ["axial_resnet", "axial_stem", "checkpoint_filter_fn"]
@@ -71,9 +71,6 @@ def checkpoint_filter_fn(state_dict: dict, model: ResNet) -> dict:
     their output BN's channels interleave [sum w v_c, sum w r^v_c] per channel where ours has all of one then all of
     the other; their relative table is read at o - p for r^q and r^v (ours at p - o), so those rows are mirrored
     (r^k is read at p - o by both). Their ``flatten_index`` buffer is the table's index, which ours computes."""
-    state_dict = official_state_dict(state_dict)
-    if "stem.0.weight" in state_dict:
-        return state_dict
     attention = "|".join(ATTENTION_NAMES)
     rules = [(rf"layer(\d)\.(\d+)\.(hight_block|width_block)\.({attention})\.(.+)",
               lambda m: f"stages.{int(m[1]) - 1}.{m[2]}.{BLOCK_NAMES[m[3]]}.{ATTENTION_NAMES[m[4]]}.{m[5]}"),

@@ -49,10 +49,13 @@ def _some(keys) -> str:
 def convert_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.Module, new_key: Callable[[str], Optional[str]],
                        layout: Callable[[str, torch.Tensor], torch.Tensor] = lambda key, value: value,
                        derived: tuple = ()) -> Dict[str, torch.Tensor]:
-    """The authors' ``state_dict`` in ``model``'s keys: ``new_key`` renames (None: not a key it knows), ``layout``
-    rewrites a value under its new key, ``derived`` names the authors' buffers that ours compute (dropped).
+    """The authors' saved ``state_dict`` (``official_state_dict`` unwraps it) in ``model``'s keys: ``new_key``
+    renames (None: not a key it knows), ``layout`` rewrites a value under its new key, ``derived`` names the
+    authors' buffers that ours compute (dropped). A state_dict already in our keys (a converted file) passes through.
     Strict: unknown keys, missing keys and shape mismatches raise one ConfigError naming them."""
-    ours = model.state_dict()
+    state_dict, ours = official_state_dict(state_dict), model.state_dict()
+    if next(iter(ours)) in state_dict:
+        return state_dict
     converted, unknown = {}, []
     for key, value in state_dict.items():
         if key.rsplit(".", 1)[-1] in derived:
@@ -65,9 +68,9 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.Module, ne
     missing = set(ours) - set(converted)
     shapes = [f"{k} {tuple(v.shape)} (ours {tuple(ours[k].shape)})" for k, v in converted.items()
               if v.shape != ours[k].shape]
-    problems = [f"unknown keys {_some(unknown)}" if unknown else "",
-                f"missing keys {_some(missing)}" if missing else "", f"shapes differ: {_some(shapes)}" if shapes else ""]
-    if any(problems):
+    problems = [f"{what}{_some(keys)}" for what, keys in
+                (("unknown keys ", unknown), ("missing keys ", missing), ("shapes differ: ", shapes)) if keys]
+    if problems:
         name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-        raise ConfigError(f"the checkpoint does not fit {name} as configured: " + "; ".join(p for p in problems if p))
+        raise ConfigError(f"the checkpoint does not fit {name} as configured: " + "; ".join(problems))
     return converted

@@ -32,7 +32,7 @@ from attnvision.errors import ConfigError
 from attnvision.layers.san import SANPairwise, SANPatchwise
 
 from .base import StagedClassifier, imagenet_cfg
-from .official import convert_state_dict, official_state_dict, rename
+from .official import convert_state_dict, rename
 
 __all__ = ["SANBlock", "SAN", "checkpoint_filter_fn"]
 
@@ -133,9 +133,6 @@ def checkpoint_filter_fn(state_dict: dict, model: SAN) -> dict:
     Theirs names the stem ``conv_in``/``bn_in``, stage i's transition ``conv{i}``, its blocks ``layer{i}.{j}`` and
     its closing BN ``bn{i}`` (registered before the blocks); a block's SAM has ``conv1``/``conv2``/``conv3`` (φ, ψ,
     β), ``conv_p`` (the position map) and ``conv_w`` (γ, the same Sequential as ours). Every layout is ours."""
-    state_dict = official_state_dict(state_dict)
-    if "stem.0.weight" in state_dict:
-        return state_dict
     rules = [(r"layer(\d)\.(\d+)\.sam\.(conv[123]|conv_p|conv_w)\.(.+)",
               lambda m: f"stages.{m[1]}.{int(m[2]) + 2}.attn.{SAM_NAMES[m[3]]}.{m[4]}"),
              (r"layer(\d)\.(\d+)\.(bn1|bn2|conv)\.(.+)", lambda m: f"stages.{m[1]}.{int(m[2]) + 2}.{m[3]}.{m[4]}"),
