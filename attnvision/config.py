@@ -1,5 +1,6 @@
 """Hydra plumbing: the config folder, the project's resolvers, composition for tests and checks of overrides."""
 import difflib
+import importlib.util
 import itertools
 import os
 import secrets
@@ -68,7 +69,8 @@ def architecture(model_cfg) -> str:
         return f"{family}{model_cfg.depth}"
 
 
-OmegaConf.register_new_resolver("av_unique_dir", unique_dir, replace=True)
+# cached in the config too: Hydra copies a sweep's resolver cache into every job, also in a launcher's own processes
+OmegaConf.register_new_resolver("av_unique_dir", unique_dir, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("av_small_stem", small_stem_for, replace=True)
 OmegaConf.register_new_resolver("av_arch", architecture, replace=True)
 OmegaConf.register_new_resolver("av_main_only", main_process_only, replace=True)
@@ -89,9 +91,24 @@ def _key_values(overrides: Iterable[str]):
             yield key, value.split(",")
 
 
+def launcher_options() -> List[str]:
+    """``hydra/launcher`` choices: Hydra's ``basic``, and where Hydra's submitit launcher is installed (the
+    ``cluster`` extra) its ``submitit_local`` / ``submitit_slurm`` and ours (``slurm``)."""
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        return ["basic"]
+    return ["basic", *group_options("hydra/launcher"), "submitit_local", "submitit_slurm"]
+
+
 def check_group_overrides(overrides: Iterable[str]) -> None:
     """Fail with one line for ``group=value`` overrides that name no config, listing the group's options."""
     for key, values in _key_values(overrides):
+        if key == "hydra/launcher":
+            options = launcher_options()
+            for choice in values:
+                if choice not in options:
+                    extra = "" if len(options) > 1 else " (the cluster ones need pip install -e '.[cluster]')"
+                    raise ConfigError(f"hydra/launcher={choice} is not a launcher; choose one of "
+                                      f"{', '.join(options)}{extra}")
         if key not in GROUPS:
             continue
         options = group_options(key)

@@ -20,6 +20,7 @@ from conftest import ROOT, run_cli
     (["model=sasa_resnet", "model.heads=3"], ["heads=3"]),
     (["model=hybrid", "model.weights=se", "model.footprint=axial"], ["weights=se", "footprint=axial"]),
     (["model=hybrid", "model.footprint=ring"], ["footprint='ring'", "square, dilated, axial, global"]),
+    (["-m", "hydra/launcher=slrum"], ["hydra/launcher=slrum", "basic, slurm, submitit_local, submitit_slurm"]),
 ])
 def test_bad_values_give_one_line(tmp_path, args, must_name):
     proc = run_cli("train.py", *args, f"paths.log_dir={tmp_path}", "trainer.epochs=1")

@@ -105,14 +105,14 @@ class AxialAttention(PositionSensitiveAttention):
         fp = axial_footprint(length, window, self.axis)
         dense = window is None and self.training and length < DENSE_TRAINING_BELOW
         y = None if dense else self.fold(q, k, v, fp, rel)
-        if y is not None:
-            return y
-        if window is not None or requested_impl(self.impl) == "reference":
-            return self.attend(q, k, v, fp, rel)
-        q, k, v = (axial_lines(t, self.axis, self.num_heads) for t in (q, k, v))  # B·other, heads, c, L
-        weights = self.combine_logits(dense_axial_logits(q, k, rel.get("q"), rel.get("k")), None).softmax(-1)
-        outputs = dense_axial_outputs(weights, v, rel.get("v"))  # B·other, heads, d, L
-        return self.combine_outputs([axial_image(o, self.axis, x.shape[0]) for o in outputs])
+        if y is None and (window is not None or requested_impl(self.impl) == "reference"):
+            y = self.attend(q, k, v, fp, rel)
+        if y is None:
+            q, k, v = (axial_lines(t, self.axis, self.num_heads) for t in (q, k, v))  # B·other, heads, c, L
+            weights = self.combine_logits(dense_axial_logits(q, k, rel.get("q"), rel.get("k")), None).softmax(-1)
+            outputs = dense_axial_outputs(weights, v, rel.get("v"))  # B·other, heads, d, L
+            y = self.combine_outputs([axial_image(o, self.axis, x.shape[0]) for o in outputs])
+        return y.to(x.dtype)  # accumulated in float32; out in the input's dtype
 
 
 class AxialSpatial(nn.Sequential):

@@ -27,6 +27,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from timm.layers import register_notrace_module
 
 from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import Footprint, local_aggregate, local_attention, local_patches, local_softmax, mask_outside
@@ -52,6 +53,7 @@ def appearance_composability(q: torch.Tensor, k: torch.Tensor, form: str) -> tor
     return -(q - k).square() / ((q * k).abs() + 1)  # normalized_squared_difference
 
 
+@register_notrace_module  # a leaf for FX tracing: the forward branches on shapes
 class LocalRelation(nn.Module):
     """The local relation layer, a spatial layer of the ResNet skeleton (``spatial_layer='local_relation'``).
 
@@ -136,4 +138,4 @@ class LocalRelation(nn.Module):
         return local_aggregate(self.attention_weights(x), x, self.footprint, "contiguous", impl=self.impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.aggregate(x))
+        return self.proj(self.aggregate(x).to(x.dtype))  # accumulated in float32; out in the input's dtype

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
+from timm.layers import register_notrace_module
 
 from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import (Footprint, key_position_term, local_aggregate, local_attention, local_logits, local_softmax,
@@ -44,6 +45,7 @@ __all__ = ["PositionSensitiveAttention", "PSAttention", "POSITION_TERMS"]
 POSITION_TERMS = ("q", "k", "v")
 
 
+@register_notrace_module  # a leaf for FX tracing: the forward branches on shapes
 class PositionSensitiveAttention(nn.Module):
     """The projection, the BatchNorms and the footprint computation shared by the 2-D and the axial layer.
 
@@ -88,7 +90,7 @@ class PositionSensitiveAttention(nn.Module):
     def combine_logits(self, terms: List[torch.Tensor], attended: Optional[torch.Tensor]) -> torch.Tensor:
         """Sum of the batch-normalised logit terms (each N × heads × S), -inf where ``attended`` (a boolean of
         shape S, None = everywhere) is False; the BatchNorm sees the attended entries only."""
-        logits = torch.cat(terms, 1)  # N, terms·heads, S...
+        logits = torch.cat(terms, 1).to(self.bn_logits.weight.dtype)  # N, terms·heads, S... (bf16 in a bf16 model)
         n, channels, *shape = logits.shape
         if attended is None:
             logits = self.bn_logits(logits.reshape(n, channels, -1, 1)).view(n, channels, *shape)
@@ -100,7 +102,7 @@ class PositionSensitiveAttention(nn.Module):
 
     def combine_outputs(self, outputs: List[torch.Tensor]) -> torch.Tensor:
         """Sum of the batch-normalised outputs sum_p w v_p and sum_p w r^v (each B × C_out × H × W)."""
-        y = self.bn_output(torch.cat(outputs, 1))  # B, (1 or 2)·C_out, H, W
+        y = self.bn_output(torch.cat(outputs, 1).to(self.bn_output.weight.dtype))  # B, (1 or 2)·C_out, H, W
         return y.view(y.shape[0], len(outputs), -1, *y.shape[-2:]).sum(1)
 
     def fold(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fp: Footprint,
@@ -114,7 +116,9 @@ class PositionSensitiveAttention(nn.Module):
         are; the running statistics are updated as ``nn.BatchNorm2d`` does; and the fused attention returns sum_p w
         v_p and sum_p w r^v side by side (``rel_v_apart``) for the output BN. None with ``impl='reference'`` (the
         unfolded path is the oracle) and where a head's q·k scale γ/σ is below 1e-6 (k carries it, and the k·r^k
-        scale is divided by it)."""
+        scale is divided by it). Under ``torch.compile`` and ``torch.export`` that value-dependent check is skipped
+        (a graph cannot branch on a value): a head whose scale is below 1e-6 then gets its k·r^k term from the
+        division (deviation; the scale is γ/σ of a BatchNorm, 1 at initialisation)."""
         if requested_impl(self.impl) == "reference":
             return None
         bn_logits, bn_output = self.bn_logits, self.bn_output
@@ -129,7 +133,7 @@ class PositionSensitiveAttention(nn.Module):
         else:
             mean, var = (s.to(dtype).view(-1, g) for s in (bn_logits.running_mean, bn_logits.running_var))
         logit_scale = bn_logits.weight.to(dtype).view(-1, g) * (var + bn_logits.eps).rsqrt()  # terms, heads
-        if logit_scale[0].abs().min() < 1e-6:
+        if not torch.compiler.is_compiling() and logit_scale[0].abs().min() < 1e-6:
             return None
         if batch_logits and bn_logits.track_running_stats:
             track_running_stats(bn_logits, mean.detach().flatten(), var.detach().flatten(), count)
@@ -204,4 +208,5 @@ class PSAttention(PositionSensitiveAttention):
         q, k, v = self.project(x)
         rel = self.relative_embeddings()
         y = self.fold(q, k, v, self.footprint, rel)
-        return self.pool(y if y is not None else self.attend(q, k, v, self.footprint, rel))
+        y = y if y is not None else self.attend(q, k, v, self.footprint, rel)
+        return self.pool(y.to(x.dtype))  # accumulated in float32; out in the input's dtype

@@ -50,6 +50,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from timm.layers import register_notrace_module
 
 from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import (Footprint, local_aggregate, local_logits, local_patches, local_softmax, local_subtraction,
@@ -98,6 +99,7 @@ def mapping_gamma(in_chs: int, hidden: list, out_chs: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+@register_notrace_module  # a leaf for FX tracing: the forward branches on shapes
 class _VectorAttention(nn.Module):
     """What both SAN operators share: φ, ψ (C → C/16) and β (C → C_out) 1×1 convs with bias, γ, the footprint, the
     weight normalisation and the interleaved aggregation. Subclasses build δ from the Cr = ``relation_planes``
@@ -153,8 +155,9 @@ class _VectorAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         projections = self.project(x)
-        return local_aggregate(self.weights(x, projections), projections[2], self.footprint, "interleaved",
-                               impl=self.impl)
+        y = local_aggregate(self.weights(x, projections), projections[2], self.footprint, "interleaved",
+                            impl=self.impl)
+        return y.to(x.dtype)  # accumulated in float32; out in the input's dtype
 
 
 class SANPairwise(_VectorAttention):
@@ -217,8 +220,9 @@ class SANPairwise(_VectorAttention):
 
         scale2, shift2 = batch_norm_affine(bn2, hidden_moments, dtype)
         mask = fp.valid_mask(*x.shape[-2:], x.device) if fp.padding == "mask" else None
-        return pair_attention(centre, psi_p, pos, scale1, shift1, w1, scale2, shift2, w2, conv2.bias, fp.pad(beta),
-                              mask, self.normalization == "softmax", *geometry)
+        y = pair_attention(centre, psi_p, pos, scale1, shift1, w1, scale2, shift2, w2, conv2.bias, fp.pad(beta),
+                           mask, self.normalization == "softmax", *geometry)
+        return y.to(x.dtype)
 
     def mapped_relations(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
         fp = self.relation_footprint
@@ -285,7 +289,7 @@ class SANPatchwise(_VectorAttention):
             return super().forward(x)
         phi, psi, beta = self.project(x)
         last = self.gamma[-1]
-        return mapped_aggregate(self.hidden(phi, psi), last.weight, last.bias, beta, self.footprint)
+        return mapped_aggregate(self.hidden(phi, psi), last.weight, last.bias, beta, self.footprint).to(x.dtype)
 
     def hidden(self, phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
         """γ(δ) up to its last 1×1 map: B × G' × Ho × Wo."""
@@ -296,4 +300,4 @@ class SANPatchwise(_VectorAttention):
         bn, conv = self.gamma[0], self.gamma[2]
         scale, shift = batch_norm_affine(bn, lambda: concat_moments(centre, psi_p, fp), accumulate_dtype(centre))
         h = patch_map(centre, psi_p, scale, shift, conv.weight.flatten(1), *fp.kernel_size, fp.stride, fp.dilation)
-        return self.gamma[3:-1](h)
+        return self.gamma[3:-1](h.to(self.gamma[3].weight.dtype))  # float32 out; γ's next BN in its own dtype

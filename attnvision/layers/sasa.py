@@ -32,6 +32,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from timm.layers import register_notrace_module
 
 from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import (Footprint, local_aggregate, local_attention, local_logits, local_softmax,
@@ -71,6 +72,7 @@ def sinusoidal_encoding_2d(channels: int, height: int, width: int, device=None) 
     return torch.cat([rows, cols])[None]  # 1, C, H, W
 
 
+@register_notrace_module  # a leaf for FX tracing: the forward branches on shapes
 class SASAttention(nn.Module):
     """k×k local multi-head self-attention with SASA's relative embeddings, a spatial layer of the ResNet skeleton.
 
@@ -143,4 +145,4 @@ class SASAttention(nn.Module):
                                 impl=self.impl)
         else:
             y = local_aggregate(local_softmax(self.attention_logits(q, None)), v, self.footprint, impl=self.impl)
-        return self.pool(y)
+        return self.pool(y.to(x.dtype))  # the kernels accumulate in float32; the output keeps the input's dtype

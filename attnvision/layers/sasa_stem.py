@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from timm.layers import register_notrace_module
 
 from attnvision.errors import ConfigError, check_choice
 from attnvision.ops import local_softmax
@@ -34,6 +35,7 @@ __all__ = ["SASAStem", "sasa_stem", "STEM_VALUES"]
 STEM_VALUES = ("mixtures", "conv")
 
 
+@register_notrace_module  # a leaf for FX tracing: the forward branches on shapes
 class SASAStem(nn.Module):
     """RGB (``in_chans``) → ``dim_out`` channels: block attention, BN, max-pool by the block size.
 

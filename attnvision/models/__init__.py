@@ -7,7 +7,7 @@ import timm
 from torch import nn
 
 from attnvision.errors import ConfigError, is_int
-from . import axial, hybrid, lrnet, ps_resnet, resnet, san, sasa
+from . import av_resnet, axial, hybrid, lrnet, ps_resnet, san, sasa
 
 __all__ = ["FAMILIES", "Family", "check_kernel_sizes", "create_model", "model_name", "official_filter_fn"]
 

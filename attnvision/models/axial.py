@@ -26,15 +26,15 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from attnvision.errors import check_choice
 from attnvision.layers.axial import AxialSpatial
 from attnvision.layers.ps_attention import POSITION_TERMS
 
-from .base import imagenet_cfg
+from .av_resnet import Bottleneck, ResNet
+from .base import build_staged, imagenet_cfg
 from .official import convert_state_dict, rename
-from .resnet import Bottleneck, ResNet
 
 __all__ = ["axial_resnet", "axial_stem", "checkpoint_filter_fn"]
 
@@ -109,7 +109,7 @@ def axial_resnet(variant: str, pretrained: bool = False, width: float = 0.5, ste
         kwargs["stem_layer"] = partial(axial_stem, spatial_layer=partial(AxialSpatial, **attention),
                                        img_size=img_size)
     kwargs.setdefault("stem_width", int(64 * width))
-    return build_model_with_cfg(ResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+    return build_staged(ResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 spatial_layer="axial", spatial_kwargs=attention,
                                 expansion=2, img_size=img_size, **kwargs)
 
@@ -130,7 +130,8 @@ VARIANTS = {f"axial{d}{w}{'_full' if stem == 'axial' else ''}": (d, w, stem)
 default_cfgs = generate_default_cfgs({
     **{name: imagenet_cfg(first_conv="stem.0" if stem == "conv" else "stem.0.conv1")
        for name, (_, _, stem) in VARIANTS.items()},
-    **{f"test_axial_resnet{s}": imagenet_cfg(input_size=(3, 32, 32), pool_size=(4, 4)) for s in ("", "_full")},
+    **{f"test_axial_resnet{s}": imagenet_cfg(input_size=(3, 32, 32), pool_size=(4, 4), first_conv=first_conv)
+       for s, first_conv in (("", "stem.0"), ("_full", "stem.0.conv1"))},
 })
 for _name, _spec in VARIANTS.items():
     _register(_name, *_spec)

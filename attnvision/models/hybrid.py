@@ -9,12 +9,12 @@ bottleneck's 3×3 conv replaced by ``HybridSpatial``. With ``weights=sasa footpr
 """
 from typing import Optional
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from attnvision.layers import HybridSpatial
 
-from .base import imagenet_cfg
-from .resnet import ResNet
+from .av_resnet import ResNet
+from .base import build_staged, imagenet_cfg
 from .sasa import DEPTHS
 
 __all__ = ["hybrid_resnet"]
@@ -26,7 +26,7 @@ def hybrid_resnet(variant: str, pretrained: bool = False, weights: str = "sasa",
     """Build a hybrid ResNet; the keyword names are the ``model=hybrid`` config keys."""
     spatial = dict(weights=weights, footprint=footprint, kernel_size=kernel_size, span=span, dilation=dilation,
                    num_heads=heads, padding=padding)
-    return build_model_with_cfg(ResNet, variant, pretrained, spatial_layer=HybridSpatial, spatial_kwargs=spatial,
+    return build_staged(ResNet, variant, pretrained, spatial_layer=HybridSpatial, spatial_kwargs=spatial,
                                 img_size=img_size, **kwargs)
 
 

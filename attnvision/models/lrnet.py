@@ -28,12 +28,12 @@ from functools import partial
 from typing import Callable
 
 from torch import nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from attnvision.layers.local_relation import LocalRelation
 
-from .base import imagenet_cfg
-from .resnet import ResNet, make_stem
+from .av_resnet import ResNet, make_stem
+from .base import build_staged, imagenet_cfg
 
 __all__ = ["lrnet", "relation_stem"]
 
@@ -58,7 +58,7 @@ def lrnet(variant: str, pretrained: bool = False, stem: str = "relation", kernel
     relation = dict(kernel_size=kernel_size, num_heads=heads, channels_per_group=channels_per_group,
                     composability=composability, geometry_prior=geometry_prior, padding=padding)
     stem_layer = partial(relation_stem, **relation) if stem == "relation" else make_stem
-    return build_model_with_cfg(ResNet, variant, pretrained, spatial_layer="local_relation",
+    return build_staged(ResNet, variant, pretrained, spatial_layer="local_relation",
                                 spatial_kwargs=relation, stem_layer=stem_layer, expansion=expansion, **kwargs)
 
 

@@ -13,12 +13,12 @@ as in our other ResNets.
 """
 from typing import Sequence
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from attnvision.layers.ps_attention import POSITION_TERMS
 
-from .base import imagenet_cfg
-from .resnet import ResNet
+from .av_resnet import ResNet
+from .base import build_staged, imagenet_cfg
 from .sasa import DEPTHS
 
 __all__ = ["ps_resnet"]
@@ -29,7 +29,7 @@ def ps_resnet(variant: str, pretrained: bool = False, kernel_size: int = 7, head
     """Build a PS-ResNet; the keyword names are the ``model=ps_resnet`` config keys."""
     attention = dict(kernel_size=kernel_size, num_heads=heads, position_terms=tuple(position_terms),
                      padding=padding)
-    return build_model_with_cfg(ResNet, variant, pretrained, spatial_layer="ps_attention",
+    return build_staged(ResNet, variant, pretrained, spatial_layer="ps_attention",
                                 spatial_kwargs=attention, **kwargs)
 
 

@@ -26,12 +26,12 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 from timm.layers import ClassifierHead, DropPath
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from attnvision.errors import ConfigError
 from attnvision.layers.san import SANPairwise, SANPatchwise
 
-from .base import StagedClassifier, imagenet_cfg
+from .base import StagedClassifier, build_staged, imagenet_cfg, stage_drop_blocks
 from .official import convert_state_dict, rename
 
 __all__ = ["SANBlock", "SAN", "checkpoint_filter_fn"]
@@ -41,16 +41,18 @@ ATTENTIONS = {"pairwise": SANPairwise, "patchwise": SANPatchwise}
 
 class SANBlock(nn.Module):
     """Pre-activation self-attention bottleneck: C → (BN, ReLU, SA) → C/``mid_reduction`` → (BN, ReLU, 1×1 conv) → C,
-    plus the identity. SA's relation width is C/``rel_reduction``."""
+    plus the identity. SA's relation width is C/``rel_reduction``; ``drop_block`` builds a DropBlock applied after
+    the attention's BN (our addition for timm's ``--drop-block``; the paper uses none)."""
 
     def __init__(self, dim: int, attention: Callable, kernel_size: int, rel_reduction: int = 16,
-                 mid_reduction: int = 4, drop_path: float = 0., **attn_kwargs):
+                 mid_reduction: int = 4, drop_path: float = 0., drop_block: Optional[Callable] = None, **attn_kwargs):
         super().__init__()
         mid = dim // mid_reduction
         self.bn1 = nn.BatchNorm2d(dim)
         self.act1 = nn.ReLU(inplace=True)
         self.attn = attention(dim, mid, kernel_size=kernel_size, rel_planes=dim // rel_reduction, **attn_kwargs)
         self.bn2 = nn.BatchNorm2d(mid)
+        self.drop_block = drop_block() if drop_block is not None else nn.Identity()
         self.act2 = nn.ReLU(inplace=True)
         self.conv = nn.Conv2d(mid, dim, 1)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -60,7 +62,7 @@ class SANBlock(nn.Module):
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act2(self.bn2(self.attn(self.act1(self.bn1(x)))))
+        out = self.act2(self.drop_block(self.bn2(self.attn(self.act1(self.bn1(x))))))
         return x + self.drop_path(self.conv(out))
 
 
@@ -75,6 +77,7 @@ class SAN(StagedClassifier):
         widths: channels of the five stages; each block's SA runs at width/4 with relation width/16.
         small_stem: no max-pool in the first two transitions, for 32×32 inputs.
         zero_init_last: zero each block's last conv (blocks start as the identity); False = the code's init.
+        drop_block_rate: DropBlock in the last two stages (timm's ``--drop-block``; not in the paper).
         attn_kwargs: the layer's options (relation, position_encoding, shared_transforms, mapping_depth,
             normalization, share_planes, padding, impl), see ``attnvision.layers.san``.
     """
@@ -83,7 +86,7 @@ class SAN(StagedClassifier):
                  kernel_sizes: Optional[Sequence[int]] = None, widths: Sequence[int] = (64, 256, 512, 1024, 2048),
                  stem_width: int = 64, rel_reduction: int = 16, mid_reduction: int = 4, small_stem: bool = False,
                  num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.,
-                 drop_path_rate: float = 0., zero_init_last: bool = True, **attn_kwargs):
+                 drop_path_rate: float = 0., zero_init_last: bool = True, drop_block_rate: float = 0., **attn_kwargs):
         super().__init__()
         if attention not in ATTENTIONS:
             raise ConfigError(f"attention={attention!r} is unknown; choose one of {', '.join(ATTENTIONS)}")
@@ -92,20 +95,22 @@ class SAN(StagedClassifier):
             raise ConfigError(f"layers={tuple(layers)}, widths={tuple(widths)} and kernel_sizes={kernel_sizes} "
                              f"must have the same length")
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
         self.stem = nn.Sequential(nn.Conv2d(in_chans, stem_width, 1, bias=False), nn.BatchNorm2d(stem_width),
                                   nn.ReLU(inplace=True))
         self.feature_info = [dict(num_chs=stem_width, reduction=1, module="stem")]
-        drop_path_rates = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
+        drop_path_rates = torch.linspace(0, drop_path_rate, sum(layers), device="cpu").tolist()
+        drop_blocks = stage_drop_blocks(len(layers), drop_block_rate)
         stages, in_chs, reduction = [], stem_width, 1
-        for i, (depth, dim, k) in enumerate(zip(layers, widths, kernel_sizes)):
+        for i, (depth, dim, k, drop_block) in enumerate(zip(layers, widths, kernel_sizes, drop_blocks)):
             pool = not (small_stem and i < 2)
             reduction *= 2 if pool else 1
             rates, drop_path_rates = drop_path_rates[:depth], drop_path_rates[depth:]
-            blocks = [SANBlock(dim, ATTENTIONS[attention], k, rel_reduction, mid_reduction, rate, **attn_kwargs)
-                      for rate in rates]
+            blocks = [SANBlock(dim, ATTENTIONS[attention], k, rel_reduction, mid_reduction, rate, drop_block,
+                               **attn_kwargs) for rate in rates]
             stages.append(nn.Sequential(nn.MaxPool2d(2, 2) if pool else nn.Identity(),
                                         nn.Conv2d(in_chs, dim, 1, bias=False), *blocks,
                                         nn.BatchNorm2d(dim), nn.ReLU(inplace=True)))
@@ -145,11 +150,12 @@ def checkpoint_filter_fn(state_dict: dict, model: SAN) -> dict:
 
 
 def _create_san(variant: str, pretrained: bool = False, **kwargs) -> SAN:
-    return build_model_with_cfg(SAN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_staged(SAN, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
-    **{f"san{d}_{a}": imagenet_cfg() for d in (10, 15, 19) for a in ATTENTIONS},
+    # the 7×7 windows' reflect padding needs a last stage of at least 4×4 pixels: 128 px and up
+    **{f"san{d}_{a}": imagenet_cfg(min_input_size=(3, 128, 128)) for d in (10, 15, 19) for a in ATTENTIONS},
     **{f"test_san_{a}": imagenet_cfg(input_size=(3, 32, 32), pool_size=(4, 4)) for a in ATTENTIONS},
 })
 

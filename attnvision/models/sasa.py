@@ -2,7 +2,7 @@
 
 "Stand-Alone Self-Attention in Vision Models", Ramachandran et al., NeurIPS 2019 - https://arxiv.org/abs/1906.05909
 
-Status: the paper's conversion rule on our ResNet skeleton (``resnet.py``): every bottleneck's 3×3 conv becomes a
+Status: the paper's conversion rule on our ResNet skeleton (``av_resnet.py``): every bottleneck's 3×3 conv becomes a
 k×k ``SASAttention`` layer (k=7, 8 heads), followed by a 2×2/2 average pool where the ResNet strides; the 1×1
 convs, the strided 1×1 projection shortcuts and the widths stay. ``attention_stages`` keeps 3×3 convs in the
 other stages (Table 3). Two stems:
@@ -15,12 +15,12 @@ drops its max-pool, so 32×32 inputs give stages at 32/16/8/4.
 """
 from functools import partial
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from attnvision.layers.sasa_stem import sasa_stem
 
-from .base import imagenet_cfg
-from .resnet import ResNet, make_stem
+from .av_resnet import ResNet, make_stem
+from .base import build_staged, imagenet_cfg
 
 __all__ = ["sasa_resnet"]
 
@@ -34,7 +34,7 @@ def sasa_resnet(variant: str, pretrained: bool = False, attention_stem: bool = F
     attention = dict(kernel_size=kernel_size, num_heads=heads, positional_encoding=positional_encoding,
                      logits=logits, padding=padding)
     stem = partial(sasa_stem, num_mixtures=value_mixtures, values=stem_values) if attention_stem else make_stem
-    return build_model_with_cfg(ResNet, variant, pretrained, spatial_layer="sasa", spatial_kwargs=attention,
+    return build_staged(ResNet, variant, pretrained, spatial_layer="sasa", spatial_kwargs=attention,
                                 stem_layer=stem, **kwargs)
 
 

@@ -71,11 +71,12 @@ def _library():
     return lib
 
 
+@torch.compiler.assume_constant_result  # torch.compile takes the answer, not the build, into its graph
 def available() -> bool:
     return _library() is not None
 
 
-@lru_cache(maxsize=None)
+@torch.compiler.assume_constant_result  # (not over lru_cache: torch.compile traces through that wrapper)
 def vector_bytes() -> int:
     """The kernels' vector width in bytes (csrc/simd.h: 64 with AVX-512, else 32); the layouts of narrow rows and of a
     block's overhang follow it. 64 where the kernels could not be built (nothing runs on them then)."""

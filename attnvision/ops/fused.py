@@ -9,7 +9,7 @@ tensors are never allocated at all. Strided windows (LR-Net's stride-2 layers) a
 blocks (one float register: 16 pixels with AVX-512, 8 with AVX2; e.g. the 7 × 7 stage at 224 px, every stage at
 32 px) run at stride 1 on full blocks of a layout of their own (``_Phases``) instead of on scalar lanes.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -176,7 +176,7 @@ def _(q, kp, vp, rel_q, rel_k, rel_v, bias, groups, kh, kw, stride, dilation, ma
       pad_top, pad_left, rel_v_apart=False):
     n, _, ho, wo = q.shape
     dtype = accumulate_dtype(q)
-    channels = vp.shape[1] << (rel_v_apart and rel_v is not None)
+    channels = vp.shape[1] * (2 if rel_v_apart and rel_v is not None else 1)  # (no bool shift of a symbolic size)
     return q.new_empty((n, channels, ho, wo), dtype=dtype), q.new_empty((n, ho, wo), dtype=dtype)
 
 
@@ -187,10 +187,18 @@ def _setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
-def _backward(ctx, dy, _dlse):
-    *inputs, y, lse = ctx.saved_tensors
-    groups, *geometry = ctx.geometry
-    dtype = accumulate_dtype(inputs[0])
+@torch.library.custom_op("attnvision::nbr_attention_backward", mutates_args=(), device_types="cpu")
+def nbr_attention_backward(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, rel_q: Optional[torch.Tensor],
+                           rel_k: Optional[torch.Tensor], rel_v: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                           y: torch.Tensor, lse: torch.Tensor, dy: torch.Tensor, groups: int, kh: int, kw: int,
+                           stride: int, dilation: int, mask_h: int, mask_w: int, win_top: int, win_left: int,
+                           pad_top: int, pad_left: int, apart: bool) -> List[torch.Tensor]:
+    """The gradients of nbr_attention's q, kp, vp and of each of its terms that is not None (in that order, each in
+    its input's dtype) for the output gradient ``dy``, from its outputs y and lse; an op of its own, so that
+    torch.compile and torch.export see the kernel's backward as one opaque call."""
+    inputs = (q, kp, vp, rel_q, rel_k, rel_v, bias)
+    geometry = (kh, kw, stride, dilation, mask_h, mask_w, win_top, win_left, pad_top, pad_left)
+    dtype = accumulate_dtype(q)
     q, kp, vp, *terms = _prepared(dtype, *inputs)
     dy = dy.to(dtype).contiguous()
     layout = _Phases(q, geometry) if _Phases.fits(q, geometry) else None
@@ -203,12 +211,22 @@ def _backward(ctx, dy, _dlse):
     threads = torch.get_num_threads()
     dterms = [None if t is None else t.new_zeros((threads, *t.shape)) for t in terms]  # per-thread partial sums
     cpu.attention_backward(q, kp, vp, terms, y, lse, dy, dq, dkp, dvp, dterms, shifts, groups, *geometry[:4],
-                           tuple(geometry[4:]), ctx.apart)
+                           tuple(geometry[4:]), apart)
     dterms = [None if g is None else g.sum(0) for g in dterms]
     if layout is not None:
         dq, dkp, dvp, dterms = layout.gradients(dq, dkp, dvp, dterms, *given)
-    grads = [dq, dkp, dvp] + dterms
-    return (*[None if g is None else g.to(t.dtype) for g, t in zip(grads, inputs)], *[None] * 12)
+    return [g.to(t.dtype).contiguous() for g, t in zip([dq, dkp, dvp] + dterms, inputs) if t is not None]
+
+
+@nbr_attention_backward.register_fake
+def _(q, kp, vp, rel_q, rel_k, rel_v, bias, *rest):
+    return [torch.empty_like(t) for t in (q, kp, vp, rel_q, rel_k, rel_v, bias) if t is not None]
+
+
+def _backward(ctx, dy, _dlse):
+    *inputs, y, lse = ctx.saved_tensors
+    grads = iter(nbr_attention_backward(*inputs, y, lse, dy, *ctx.geometry, ctx.apart))
+    return (*[None if t is None else next(grads) for t in inputs], *[None] * 12)
 
 
 nbr_attention.register_autograd(_backward, setup_context=_setup)

@@ -33,7 +33,8 @@ def _position_moments(x: torch.Tensor, rel: torch.Tensor, reads: torch.Tensor, n
 
     The squares sum x_p^T M_p x_p with M_p = sum_o reads[o, p] rel[o] rel[o]^T, reduced over the batch first: on a
     global axial window per position along the axis (``axis``; M_p varies only along it), else as the full
-    window's M on every pixel plus the pairs where ``reads`` differs from 1 (borders only)."""
+    window's M on every pixel plus the pairs where ``reads`` differs from 1 (borders only; under torch.compile,
+    whose graphs take no value-dependent sizes, every pixel, with weight 0 inside)."""
     b, _, height, width = x.shape
     d = rel.shape[0]
     outer = (rel[:, None] * rel[None]).reshape(d * d, -1)  # D·D, K
@@ -45,8 +46,11 @@ def _position_moments(x: torch.Tensor, rel: torch.Tensor, reads: torch.Tensor, n
     reads = reads.flatten(1)  # K, P
     x = x.reshape(b, num_heads, d, height * width)  # B, heads, D, P
     second = (torch.einsum("bgdp,bgep->gde", x, x) * outer.sum(1).view(d, d)).sum((1, 2))
-    border = (reads != 1).any(0).nonzero().squeeze(1)  # the pixels some offset reads other than once
-    dots = torch.einsum("bgdn,dk->bgkn", x.index_select(-1, border), rel)  # B, heads, K, border pixels
+    if torch.compiler.is_compiling():
+        border = slice(None)
+    else:
+        border = (reads != 1).any(0).nonzero().squeeze(1)  # the pixels some offset reads other than once
+    dots = torch.einsum("bgdn,dk->bgkn", x[..., border], rel)  # B, heads, K, border pixels
     second = second + (dots.square() * (reads[:, border] - 1)).sum((0, 2, 3))
     return torch.stack([torch.einsum("bgdp,dp->g", x, rel @ reads), second])
 

@@ -17,12 +17,12 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 from timm.layers import ClassifierHead, DropPath, SEModule, make_divisible
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from attnvision.errors import ConfigError
 from attnvision.layers import ConvSpatial, get_spatial_layer
 
-from .base import StagedClassifier, imagenet_cfg
+from .base import StagedClassifier, build_staged, imagenet_cfg, stage_drop_blocks
 
 __all__ = ["Bottleneck", "ResNet"]
 
@@ -31,12 +31,13 @@ class Bottleneck(nn.Module):
     """1×1 reduce, spatial layer (3×3 conv in the baseline), 1×1 expand, plus a projection shortcut.
 
     Widths: ``planes`` inside the block, ``out_chs`` out (4 × planes in ResNet); the spatial layer maps planes ->
-    planes and carries the stride.
+    planes and carries the stride. ``drop_block`` builds a DropBlock applied after the spatial layer's BN, where
+    timm's ResNet applies it.
     """
 
     def __init__(self, in_chs: int, planes: int, out_chs: int, stride: int = 1, spatial_layer: Callable = None,
                  norm_layer: Callable = nn.BatchNorm2d, act_layer: Callable = nn.ReLU, drop_path: float = 0.,
-                 se: bool = False):
+                 se: bool = False, drop_block: Optional[Callable] = None):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False)
         self.bn1 = norm_layer(planes)
@@ -44,6 +45,7 @@ class Bottleneck(nn.Module):
         self.conv2 = spatial_layer(planes, planes, stride=stride)
         # layers that end in their own BatchNorm (Axial-DeepLab's) get none after them, as in their authors' blocks
         self.bn2 = nn.Identity() if getattr(self.conv2, "normalizes_output", False) else norm_layer(planes)
+        self.drop_block = drop_block() if drop_block is not None else nn.Identity()
         self.act2 = act_layer(inplace=True)
         self.conv3 = nn.Conv2d(planes, out_chs, 1, bias=False)
         self.bn3 = norm_layer(out_chs)
@@ -61,7 +63,7 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.downsample(x)
         x = self.act1(self.bn1(self.conv1(x)))
-        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.act2(self.drop_block(self.bn2(self.conv2(x))))
         x = self.se(self.bn3(self.conv3(x)))
         return self.act3(self.drop_path(x) + shortcut)
 
@@ -97,6 +99,8 @@ class ResNet(StagedClassifier):
             (SE-ResNet, Hu et al., CVPR 2018).
         img_size: when set, every spatial layer also gets ``input_size``, the side of its input at this image size
             (layers that size position tables from the resolution, such as global axial attention, need it).
+        drop_block_rate: DropBlock (Ghiasi et al., 2018) in the last two stages, as timm's ResNet (timm's
+            ``--drop-block``).
     """
 
     def __init__(self, layers: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64,
@@ -105,7 +109,7 @@ class ResNet(StagedClassifier):
                  small_stem: bool = False, expansion: float = 4., img_size: Optional[int] = None,
                  num_classes: int = 1000, in_chans: int = 3, global_pool: str = "avg", drop_rate: float = 0.,
                  drop_path_rate: float = 0., zero_init_last: bool = True, norm_layer: Callable = nn.BatchNorm2d,
-                 act_layer: Callable = nn.ReLU, se: bool = False):
+                 act_layer: Callable = nn.ReLU, se: bool = False, drop_block_rate: float = 0.):
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers={tuple(layers)} and widths={tuple(widths)} must have the same length")
@@ -114,6 +118,7 @@ class ResNet(StagedClassifier):
         if not set(attention_stages) <= set(stage_ids):
             raise ConfigError(f"attention_stages={list(attention_stages)} must be a subset of {list(stage_ids)}")
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         spatial = partial(get_spatial_layer(spatial_layer), **(spatial_kwargs or {}))
@@ -122,9 +127,10 @@ class ResNet(StagedClassifier):
         reduction = 1 if small_stem else 4
         self.feature_info = [dict(num_chs=stem_width, reduction=reduction, module="stem")]
 
-        drop_path_rates = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
+        drop_path_rates = torch.linspace(0, drop_path_rate, sum(layers), device="cpu").tolist()
         stages, in_chs, block_idx = [], stem_width, 0
-        for stage_idx, (depth, width) in enumerate(zip(layers, widths)):
+        for stage_idx, (depth, width, drop_block) in enumerate(zip(layers, widths,
+                                                                    stage_drop_blocks(len(layers), drop_block_rate))):
             out_chs, planes = 4 * width, make_divisible(4 * width / expansion, 8)
             stride = 1 if stage_idx == 0 else 2
             reduction *= stride
@@ -136,7 +142,7 @@ class ResNet(StagedClassifier):
                     layer = partial(stage_layer, input_size=img_size // (reduction // (stride if i == 0 else 1)))
                 blocks.append(Bottleneck(in_chs, planes, out_chs, stride if i == 0 else 1,
                                          spatial_layer=layer, norm_layer=norm_layer, act_layer=act_layer,
-                                         drop_path=drop_path_rates[block_idx], se=se))
+                                         drop_path=drop_path_rates[block_idx], se=se, drop_block=drop_block))
                 in_chs = out_chs
                 block_idx += 1
             stages.append(nn.Sequential(*blocks))
@@ -165,7 +171,7 @@ class ResNet(StagedClassifier):
 def resnet(variant: str, pretrained: bool = False, kernel_size: int = 3, **kwargs) -> ResNet:
     """Build a baseline ResNet whose spatial convs are ``kernel_size``×``kernel_size`` (SAN's Table 7 sweeps 3/5/7);
     the keyword names are the ``model=resnet`` config keys."""
-    return build_model_with_cfg(ResNet, variant, pretrained, spatial_kwargs=dict(kernel_size=kernel_size), **kwargs)
+    return build_staged(ResNet, variant, pretrained, spatial_kwargs=dict(kernel_size=kernel_size), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
