@@ -178,9 +178,12 @@ def _seed_rows():
 
 def test_comparison_table_aggregates_seeds(tmp_path):
     table = comparison_table(_seed_rows(), aggregate_seeds=True)
-    assert list(table.columns) == ["model", "family", "data", "params_m", "gmacs", "top1_mean", "top1_std",
+    assert list(table.columns) == ["model", "config", "family", "data", "params_m", "gmacs", "top1_mean", "top1_std",
                                    "train_img_per_s_mean", "train_img_per_s_std", "n_seeds", "n_diverged"]
     assert table["model"].tolist() == ["san10_patchwise", "av_resnet26", "san10_patchwise"]
+    assert table["config"].tolist() == ["", "", "model.kernel_size=3"]  # what tells san10's two lines apart
+    labels = [c.get_label() for c in accuracy_figure(table).axes[0].containers]
+    assert labels == ["san10_patchwise", "av_resnet26", "san10_patchwise (model.kernel_size=3)"]
     assert table["n_seeds"].tolist() == [3, 3, 1] and table["n_diverged"].tolist() == [0, 0, 0]
     assert table["top1_mean"].tolist() == pytest.approx([(98.0 + 98.5 + 97.6) / 3, 95.0, 50.0])
     assert table["top1_std"].iloc[:2].tolist() == pytest.approx(
@@ -189,7 +192,8 @@ def test_comparison_table_aggregates_seeds(tmp_path):
     write_table(table, tmp_path / "seeds", "cmd")
     md = (tmp_path / "seeds.md").read_text()
     assert "| top1 " in md and "98.03 ± 0.45" in md and "95.00 ± 1.00" in md and "| 50.00 " in md
-    assert (tmp_path / "seeds.csv").read_text().splitlines()[1].split(",")[5:7] == ["top1_mean", "top1_std"]
+    assert (tmp_path / "seeds.csv").read_text().splitlines()[1].split(",")[6:8] == ["top1_mean", "top1_std"]
+    assert "config" not in comparison_table(_seed_rows()[:6], aggregate_seeds=True)  # one configuration per model
 
 
 def test_comparison_table_marks_diverged_runs_and_leaves_them_out_of_seed_means(tmp_path):
@@ -198,8 +202,9 @@ def test_comparison_table_marks_diverged_runs_and_leaves_them_out_of_seed_means(
     rows[3]["status"] = "finished"
     rows[6].update(status="diverged", top1=None)  # the kernel_size=3 configuration's only seed
     runs = comparison_table(rows)
-    assert list(runs.columns) == ["model", "family", "data", "params_m", "gmacs", "top1", "status",
+    assert list(runs.columns) == ["model", "config", "family", "data", "params_m", "gmacs", "top1", "status",
                                   "train_img_per_s", "seed", "git_commit", "run_dir"]
+    assert runs["config"].tolist() == [""] * 6 + ["model.kernel_size=3"]
     assert runs["status"].tolist() == ["finished", "diverged", "finished", "finished", "finished", "finished",
                                        "diverged"]  # rows without a status finished
     seeds = comparison_table(rows, aggregate_seeds=True)

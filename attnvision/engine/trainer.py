@@ -221,17 +221,6 @@ def train(cfg) -> TrainResult:
             print(f"removed {stale}, left by an interrupted save")
         OmegaConf.save(config, run_dir / "config.yaml")
         write_record(run_dir, run_id, "running", epoch=start_epoch, num_updates=num_updates)
-        print(f"{arch}: {complexity.params / 1e6:.2f}M params, {complexity.macs / 1e9:.3f} GMACs at "
-              f"{cfg.data.image_size}px | {cfg.data.name}: {len(train_loader.dataset)} train / "
-              f"{len(val_loader.dataset) * rt.dist.world_size} val images | "
-              f"{precision_note(tcfg.precision, rt.device.type)} | run dir {run_dir}")
-        if ckpt is not None:
-            where = (f"epoch {start_epoch + 1}/{tcfg.epochs}, step {progress.step}" if progress else
-                     f"the end of epoch {start_epoch}/{tcfg.epochs}")
-            print(f"resumed from {resume.path} at {where} (update {num_updates})")
-            if resume.forced:
-                print(f"trainer.resume_force=true: continuing although {', '.join(resume.forced)}; the schedule "
-                      f"follows this run's config")
 
     def log_step(step: int, loss: float, lr: float):
         if writer is not None:
@@ -313,7 +302,19 @@ def train(cfg) -> TrainResult:
         return metrics
 
     epoch = start_epoch
-    with StopSignals() as signals:
+    with StopSignals() as signals:  # before the run is announced: a signal from then on is a clean stop
+        if is_main:
+            print(f"{arch}: {complexity.params / 1e6:.2f}M params, {complexity.macs / 1e9:.3f} GMACs at "
+                  f"{cfg.data.image_size}px | {cfg.data.name}: {len(train_loader.dataset)} train / "
+                  f"{len(val_loader.dataset) * rt.dist.world_size} val images | "
+                  f"{precision_note(tcfg.precision, rt.device.type)} | run dir {run_dir}")
+            if ckpt is not None:
+                where = (f"epoch {start_epoch + 1}/{tcfg.epochs}, step {progress.step}" if progress else
+                         f"the end of epoch {start_epoch}/{tcfg.epochs}")
+                print(f"resumed from {resume.path} at {where} (update {num_updates})")
+                if resume.forced:
+                    print(f"trainer.resume_force=true: continuing although {', '.join(resume.forced)}; the schedule "
+                          f"follows this run's config")
         try:
             for epoch in range(start_epoch, tcfg.epochs):
                 done = progress if epoch == start_epoch else None

@@ -49,11 +49,19 @@ def _markers(families) -> dict:
     return {family: MARKERS[i % len(MARKERS)] for i, family in enumerate(sorted(set(families)))}
 
 
+def _models(table: pd.DataFrame) -> pd.Series:
+    """Each line's model, with its distinguishing overrides (``config``) where a model ran in several."""
+    if "config" not in table:
+        return table["model"]
+    return table["model"] + table["config"].fillna("").map(lambda config: f" ({config})" if config else "")
+
+
 def _colors(table: pd.DataFrame, paper_families=()) -> tuple:
-    """One colour per model, and per family that of its first model (the papers' other families get the next)."""
-    models = {model: f"C{i % 10}" for i, model in enumerate(dict.fromkeys(table["model"]))}
+    """One colour per model (and configuration), and per family that of its first model (the papers' other
+    families get the next)."""
+    models = {model: f"C{i % 10}" for i, model in enumerate(dict.fromkeys(_models(table)))}
     families = {}
-    for model, family in zip(table["model"], table["family"]):
+    for model, family in zip(_models(table), table["family"]):
         families.setdefault(family, models[model])
     others = dict.fromkeys(f for f in paper_families if f not in families)
     families.update({family: f"C{(len(models) + i) % 10}" for i, family in enumerate(others)})
@@ -66,7 +74,7 @@ def _scatter_models(ax, table: pd.DataFrame, x: str, y: str, yerr: Optional[str]
     runs (``status``) are no points."""
     if "status" in table:
         table = table[table["status"] != DIVERGED]
-    for model, runs in table.groupby("model", sort=False):
+    for model, runs in table.groupby(_models(table), sort=False):
         ax.errorbar(runs[x], runs[y], yerr=runs[yerr] if yerr else None, fmt=markers[runs["family"].iloc[0]],
                     color=colors[model], markersize=7, capsize=3, linestyle="none", label=model)
 

@@ -52,7 +52,8 @@ def comparison_table(rows: Iterable[dict], columns: Optional[Sequence[str]] = DE
                      aggregate_seeds: bool = False) -> pd.DataFrame:
     """One line per run with parameters in millions, multiply-adds in billions and its ``status`` (rows without one
     finished); with ``aggregate_seeds``, one line per configuration: ``<metric>_mean`` / ``<metric>_std`` (sample
-    std) over its finished seeds, ``n_seeds`` (those finished) and ``n_diverged`` (those left out)."""
+    std) over its finished seeds, ``n_seeds`` (those finished) and ``n_diverged`` (those left out). Where one model
+    ran in several configurations, a ``config`` column after ``model`` names the overrides that tell them apart."""
     df = _frame(rows)
     if df.empty:
         return df
@@ -61,9 +62,31 @@ def comparison_table(rows: Iterable[dict], columns: Optional[Sequence[str]] = DE
         if columns is not None:
             columns = [name for c in columns for name in ([f"{c}_mean", f"{c}_std"] if c in SEED_METRICS else
                                                           ["n_seeds", "n_diverged"] if c == "seed" else [c])]
+    config = _distinguishing_overrides(df)
+    if config is not None:
+        df = df.assign(config=config)
+        columns = None if columns is None else [name for c in columns for name in ([c, "config"] if c == "model"
+                                                                                   else [c])]
     if columns is not None:
         df = df[[c for c in columns if c in df.columns]]
     return df
+
+
+def _distinguishing_overrides(df: pd.DataFrame) -> Optional[pd.Series]:
+    """Per line, the overrides (seeds and locations aside) whose values differ among the lines of its model, as
+    ``key=value`` separated by spaces; None when no model has lines that differ in them."""
+    if "config_overrides" in df:
+        configs = df["config_overrides"]
+    elif "overrides" in df:
+        configs = df["overrides"].map(_config_overrides)
+    else:
+        return None
+    parsed = configs.map(lambda text: dict(o.partition("=")[::2] for o in text.split()))
+    labels = pd.Series("", index=df.index)
+    for _, lines in parsed.groupby(df["model"], sort=False):
+        keys = sorted({k for d in lines for k in d if len({str(e.get(k)) for e in lines}) > 1})
+        labels[lines.index] = [" ".join(f"{k}={d[k]}" for k in keys if k in d) for d in lines]
+    return labels if (labels != "").any() else None
 
 
 def _config_overrides(overrides) -> str:
